@@ -1,0 +1,1 @@
+"""Private implementation of hyperjax. Public names are re-exported from `hyperjax/*.py`."""

@@ -1,0 +1,1 @@
+"""Generator factories: each returns a `HyperNetwork(init, apply)` for a `TargetSpec`."""

@@ -1,0 +1,1 @@
+"""Adapters from network frameworks to `TargetSpec`. Each imports its framework lazily."""

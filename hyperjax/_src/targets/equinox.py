@@ -1,0 +1,51 @@
+"""Equinox module -> TargetSpec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hyperjax._src import checks
+from hyperjax._src.spec import spec_from_params, TargetSpec
+
+
+def _is_float_leaf(x: Any) -> bool:
+    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def from_equinox(module: Any, *, factory: Callable[[jax.Array], Any] | None = None) -> TargetSpec:
+    """TargetSpec of an `equinox.Module`; params are its floating-point array leaves (`eqx.partition`).
+
+    `module` may also be an abstract module from `eqx.filter_eval_shape(Model, key=...)`: nothing
+    is allocated. Params keep the module's own pytree type; paths look like 'layers/0/weight'.
+    Kernels are (out, in, ...) ("out_in" layout). Modules holding `eqx.nn.State` (BatchNorm) raise.
+    `init(key)` calls `factory(key)` when given, else draws from `TargetSpec.init_moments`.
+    """
+    try:
+        import equinox as eqx
+    except ImportError as e:
+        raise checks.missing_extra("equinox", "equinox", "from_equinox") from e
+
+    if not isinstance(module, eqx.Module):
+        raise TypeError(f"hyperjax.from_equinox: expected an equinox.Module, got {type(module).__name__}.")
+    state_leaves = [x for x in jax.tree_util.tree_leaves(module, is_leaf=lambda x: isinstance(x, eqx.nn.StateIndex))
+                    if isinstance(x, eqx.nn.StateIndex)]
+    if state_leaves:
+        raise checks.unsupported_state(
+            ["eqx.nn.State"], "from_equinox",
+            "Remove the stateful layers (e.g. eqx.nn.BatchNorm) or thread the state in a plain function "
+            "given to from_fn.")
+    params, static = eqx.partition(module, _is_float_leaf)
+
+    def apply_fn(p: Any, *args: Any, **kwargs: Any) -> Any:
+        return eqx.combine(p, static)(*args, **kwargs)
+
+    init_fn = None
+    if factory is not None:
+        def init_fn(key):
+            return eqx.partition(factory(key), _is_float_leaf)[0]
+
+    return spec_from_params(apply_fn, params, init_fn=init_fn, layout="out_in", framework="equinox")

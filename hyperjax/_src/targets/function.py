@@ -1,0 +1,19 @@
+"""Plain function `apply(params, *args)` -> TargetSpec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hyperjax._src.spec import spec_from_params, TargetSpec
+from hyperjax._src.types import Params, PRNGKey
+
+
+def from_fn(apply_fn: Callable[..., Any], example_params: Any, *,
+            init_fn: Callable[[PRNGKey], Params] | None = None, layout: str = "in_out") -> TargetSpec:
+    """TargetSpec of a plain `apply_fn(params, *args)`; `example_params` may be arrays or ShapeDtypeStructs.
+
+    `layout` says how kernels are laid out for fan computation ("in_out" = (..., in, out), "out_in").
+    Without `init_fn`, `init(key)` draws LeCun-normal kernels and small uniform vectors.
+    """
+    return spec_from_params(apply_fn, example_params, init_fn=init_fn, layout=layout, framework="function")

@@ -1,0 +1,47 @@
+"""Flax NNX module -> TargetSpec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from hyperjax._src import checks
+from hyperjax._src.spec import spec_from_params, TargetSpec
+
+
+def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> TargetSpec:
+    """TargetSpec of a `flax.nnx.Module`; params are its `nnx.Param` variables as a pure nested dict.
+
+    The graph is split once; `apply(params, *args)` merges it again, so the module stays untouched.
+    Paths look like 'linear1/kernel' or 'layers/0/kernel'. Non-parameter state other than RNG streams
+    (e.g. `nnx.BatchStat`) raises. `init(key)` calls `factory(nnx.Rngs(key))` when given, else draws
+    LeCun-normal kernels and small uniform vectors (`TargetSpec.init_moments`).
+    """
+    from flax import nnx
+
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"hyperjax.from_nnx: expected a flax.nnx.Module, got {type(module).__name__}.")
+    graphdef, param_state, rest = nnx.split(module, nnx.Param, ...)
+    stateful = sorted({"/".join(str(k) for k in path) + f" ({type(v).__name__})"
+                       for path, v in rest.flat_state()
+                       if not isinstance(v, nnx.RngState)})
+    if stateful:
+        raise checks.unsupported_state(
+            stateful, "from_nnx",
+            "Build the spec from a module without batch statistics, or wrap the stateful call in a plain "
+            "function and use from_fn(apply_fn, params) with the state handled explicitly.")
+    template = param_state.to_pure_dict()
+
+    def apply_fn(params: Any, *args: Any, **kwargs: Any) -> Any:
+        state = jax.tree.map(lambda x: x, param_state)
+        state.replace_by_pure_dict(params)
+        return nnx.merge(graphdef, state, rest)(*args, **kwargs)
+
+    init_fn = None
+    if factory is not None:
+        def init_fn(key):
+            return nnx.split(factory(nnx.Rngs(key)), nnx.Param, ...)[1].to_pure_dict()
+
+    return spec_from_params(apply_fn, template, init_fn=init_fn, layout="in_out", framework="nnx")

@@ -1,0 +1,113 @@
+"""Joint training of hypernetwork params, ordinary params and embeddings with Optax.
+
+Only wires Optax pieces together: `optax.multi_transform` for per-level optimizers, one jitted step.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hyperjax._src import checks
+from hyperjax._src import paths as _paths
+from hyperjax._src.types import Array, PRNGKey
+
+LABELS = ("hyper", "direct", "embedding")
+DEFAULT_RULES: tuple[tuple[str, str], ...] = (
+    ("direct/*", "direct"), ("*/direct/*", "direct"),
+    ("*emb", "embedding"), ("*emb/*", "embedding"),
+    ("*", "hyper"),
+)
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes, as one pytree (checkpointable as is)."""
+
+    step: Array        # int32[]
+    params: Any        # hparams (generator, embeddings, hparams["direct"]) or any trainable pytree
+    opt_state: Any
+    rng: Array         # PRNG key, split once per step
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKey) -> TrainState:
+    """Step 0 state. Params and key are copied, so a donating step never invalidates the caller's arrays."""
+    params = jax.tree.map(jnp.copy, params)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jnp.copy(key))
+
+
+def labels(params: Any, rules: Sequence[tuple[str, str]] = DEFAULT_RULES) -> Any:
+    """Label each leaf by its path for `optax.multi_transform`: first matching (glob, label) rule wins.
+
+    Default: leaves under "direct" -> "direct" (ordinary target params), paths ending in "emb"
+    (cond_emb, chunk_emb, layer_emb) -> "embedding", everything else -> "hyper".
+    """
+    def label(kp, _):
+        path = _paths.path_str(kp)
+        for pattern, name in rules:
+            if fnmatch.fnmatchcase(path, pattern):
+                return name
+        raise ValueError(f"hyperjax.training.labels: no rule matches leaf '{path}'; add a catch-all ('*', label).")
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def multi_optimizer(transforms: Mapping[str, optax.GradientTransformation],
+                    rules: Sequence[tuple[str, str]] = DEFAULT_RULES) -> optax.GradientTransformation:
+    """One Optax transform with its own optimizer per level, e.g. {"hyper": adam(1e-4), "direct": sgd(1e-2),
+    "embedding": adam(1e-3)}. Labels without a transform raise when the transform is initialised."""
+    def label_fn(params):
+        tree = labels(params, rules)
+        used = set(jax.tree.leaves(tree))
+        missing = sorted(used - set(transforms))
+        if missing:
+            raise ValueError(f"hyperjax.training.multi_optimizer: no transform for label(s) {missing}; "
+                             f"given: {sorted(transforms)}.")
+        return tree
+    return optax.multi_transform(dict(transforms), label_fn)
+
+
+def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformation, *, has_aux: bool = False,
+              jit: bool = True, donate: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Training step `step(state, batch) -> (state, metrics)`.
+
+    loss_fn(params, batch, rng) -> loss (or (loss, aux) with has_aux, aux a dict of scalars).
+    metrics: {"loss", "grad_norm", **aux}. With `jit`, the step is compiled once; with `donate`, the
+    incoming state's buffers are reused for the new one (do not use a state after passing it in).
+    """
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        rng, step_rng = jax.random.split(state.rng)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+        out, grads = grad_fn(state.params, batch, step_rng)
+        loss, aux = out if has_aux else (out, {})
+        if jnp.ndim(loss) != 0:
+            raise ValueError(f"hyperjax.training.make_step: loss_fn must return a scalar, got shape {jnp.shape(loss)}.")
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **dict(aux)}
+        return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+    if not jit:
+        return step
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree (e.g. trainable hparams)."""
+    return int(sum(jnp.size(x) for x in jax.tree.leaves(tree)))
+
+
+def frozen(optimizer: optax.GradientTransformation, where: Any) -> optax.GradientTransformation:
+    """`optimizer` on every leaf except those matched by `where` (glob(s) or predicate), which stay fixed."""
+    sel = _paths.as_selector(where)
+
+    def mask(params):
+        m = jax.tree_util.tree_map_with_path(lambda kp, x: not sel(_paths.path_str(kp), x), params)
+        if all(jax.tree.leaves(m)):
+            raise checks.no_match(where, [p for p, _ in _paths.leaves_with_paths(params)], "training.frozen")
+        return m
+    return optax.chain(optax.masked(optimizer, mask),
+                       optax.masked(optax.set_to_zero(), lambda p: jax.tree.map(lambda b: not b, mask(p))))
