@@ -1,0 +1,80 @@
+"""Timing helpers shared by the benchmarks: warm-up excluded, medians, compile time apart from step time."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def timeit(fn: Callable[[], Any], warmup: int = 10, repeats: int = 50) -> dict[str, float]:
+    """fn() must block until its result is ready (jax.block_until_ready). Returns ms statistics."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": repeats}
+
+
+def compile_time(jitted: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """(compiled, seconds) for `jitted.lower(*args).compile()`."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def environment() -> dict[str, Any]:
+    import flax
+    import jaxlib
+    import numpy as np
+    import optax
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "<unset>")}
+
+
+def write_json(name: str, payload: dict[str, Any], results_dir: str = RESULTS_DIR) -> str:
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, f"{name}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"benchmark": name, "environment": environment(), **payload}, f, indent=2, default=float)
+    os.replace(tmp, path)
+    return path
+
+
+def write_markdown(name: str, header: list[str], rows: list[list[Any]], results_dir: str = RESULTS_DIR,
+                   title: str | None = None) -> str:
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, f"{name}.md")
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = [f"# {title or name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def digits_batches(batch: int = 128):
+    """All full batches of scikit-learn digits (x f32[batch, 64] in [0,1], y int32[batch]) to rotate through."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int32)
+    return [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(len(x) // batch)]

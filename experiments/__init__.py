@@ -1,0 +1,1 @@
+"""Small-scale reproductions of classic hypernetwork results. Run as `python -m experiments.<name>`."""

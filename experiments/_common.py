@@ -1,0 +1,65 @@
+"""What every experiment shares: argparse defaults, a progress bar, the JSON record, a PNG figure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+
+
+def parser(name: str, description: str, steps: int, images: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--out", default=f"results/{name}.json", help="JSON results path (a PNG is written beside it)")
+    if images:
+        p.add_argument("--mnist", default=None, metavar="PATH",
+                       help="local MNIST (.npz or folder of IDX files); default: scikit-learn digits")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    return p
+
+
+def progress(iterable, total: int, desc: str, disable: bool = False):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False)
+
+
+def environment() -> dict[str, Any]:
+    import flax
+    import optax
+
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count()}
+
+
+def write_json(path: str, name: str, config: dict, metrics: dict, **extra: Any) -> str:
+    """Atomically write {experiment, config, seed, environment, metrics, ...} to `path`."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    record = {"experiment": name, "config": config, "seed": config.get("seed"), "environment": environment(),
+              "metrics": metrics, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+    return path
+
+
+def png_path(json_path: str, suffix: str = "") -> str:
+    root, _ = os.path.splitext(json_path)
+    return f"{root}{suffix}.png"
+
+
+def savefig(fig, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
