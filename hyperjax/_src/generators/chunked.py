@@ -17,7 +17,7 @@ from hyperjax._src.types import HyperNetwork
 
 def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | None = None,
             chunk_emb_dim: int = 8, *, hidden: int | Sequence[int] = (100,), num_conds: int | None = None,
-            where: Any = None, init: str = "hyperfan_in",
+            where: Any = None, init: str = "hyperfan_in", center: bool = True,
             activation: Callable[[jax.Array], jax.Array] = jax.nn.relu, dtype: Any = jnp.float32) -> HyperNetwork:
     """MLP([cond, chunk_emb_i]) -> chunk i of the flat generated vector, for i < ceil(n / chunk_size).
 
@@ -30,8 +30,14 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
       chunk_size: scalars emitted per chunk (> 0).
       chunk_emb_dim: size of each learned chunk embedding (hparams["chunk_emb"]: f[n_chunks, chunk_emb_dim]).
       init: "hyperfan_in" / "hyperfan_out". The output layer is shared by chunks that straddle leaves, so
-        it is initialised for unit output variance and each leaf gets a fixed per-leaf affine map
-        (mean_l + std_l * raw) to the variance a fan-in (fan-out) init gives it.
+        it is initialised (from the initial chunk embeddings, at cond = 0) for unit output variance, and
+        each leaf gets a fixed per-leaf affine map (mean_l + std_l * raw) to the variance a fan-in
+        (fan-out) init gives it.
+      center: subtract the mean over chunks of the last hidden features before the output layer. Without
+        it the component all chunks share (ReLU features are positive) repeats with period chunk_size in
+        every leaf: at init the generated kernels of a 64-256-256-10 MLP then have 4-8x the spectral norm
+        and 10-50x the logit scale of a standard init. The output bias still gives a learned common part.
+        Ignored when hidden=() (centring the input would remove the conditioning).
 
     Generator parameters: n_chunks * chunk_emb_dim + MLP with sizes (cond_dim + chunk_emb_dim, *hidden, chunk_size).
     """
@@ -47,20 +53,29 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
     n_out = sum(math.prod(target.leaves[p].shape) for p in paths)
     n_chunks = -(-n_out // chunk_size)
     sizes = (cond.cond_dim + chunk_emb_dim, *hidden, chunk_size)
-    d_k = sizes[-2]
+
+    def features(mlp, c, chunk_emb):
+        """Last hidden features f[n_chunks, d_k] for cond vector c (centred over chunks if `center`)."""
+        def one_chunk(emb):
+            x = jnp.concatenate([c, emb])
+            return activation(common.mlp_apply(mlp[:-1], x, activation)) if len(mlp) > 1 else x
+        h = jax.vmap(one_chunk)(chunk_emb)
+        return h - jnp.mean(h, axis=0) if center and len(mlp) > 1 else h
 
     def core_init(key):
         k_emb, k_mlp = jax.random.split(key)
-        return {"chunk_emb": jax.random.normal(k_emb, (n_chunks, chunk_emb_dim), dtype),
-                "mlp": common.mlp_init(k_mlp, sizes, dtype, out_std=1.0 / math.sqrt(d_k))}
+        chunk_emb = jax.random.normal(k_emb, (n_chunks, chunk_emb_dim), dtype)
+        mlp = common.mlp_init(k_mlp, sizes, dtype, out_std=1.0)
+        # data-dependent hyperfan: scale the output layer so raw outputs have unit variance at cond = 0
+        h = features(mlp, jnp.zeros((cond.cond_dim,), dtype), chunk_emb)
+        second_moment = jnp.maximum(jnp.mean(jnp.sum(h * h, axis=1)), 1e-12)
+        mlp[-1]["w"] = mlp[-1]["w"] * jax.lax.rsqrt(second_moment).astype(dtype)
+        return {"chunk_emb": chunk_emb, "mlp": mlp}
 
     def core_apply(hparams, c):
-        c = c.astype(dtype)
-
-        def one_chunk(emb):
-            return common.mlp_apply(hparams["mlp"], jnp.concatenate([c, emb]), activation)
-
-        flat = jax.vmap(one_chunk)(hparams["chunk_emb"]).reshape(-1)
+        h = features(hparams["mlp"], c.astype(dtype), hparams["chunk_emb"])
+        out = hparams["mlp"][-1]
+        flat = jax.vmap(lambda hc: hc @ out["w"] + out["b"])(h).reshape(-1)
         return common.split_leaves(target, paths, flat, affine=affine)
 
     return common.assemble(target, paths, common.Core(core_init, core_apply), cond, dtype, who)
