@@ -37,7 +37,9 @@ class TrainState(NamedTuple):
 def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKey) -> TrainState:
     """Step 0 state. Params and key are copied, so a donating step never invalidates the caller's arrays."""
     params = jax.tree.map(jnp.copy, params)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jnp.copy(key))
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(params)
+    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, jnp.copy(key))
 
 
 def labels(params: Any, rules: Sequence[tuple[str, str]] = DEFAULT_RULES) -> Any:
@@ -85,8 +87,9 @@ def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformati
         loss, aux = out if has_aux else (out, {})
         if jnp.ndim(loss) != 0:
             raise ValueError(f"hyperjax.training.make_step: loss_fn must return a scalar, got shape {jnp.shape(loss)}.")
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        with jax.numpy_dtype_promotion("standard"):   # optax mixes Python floats with int32 step counters
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **dict(aux)}
         return TrainState(state.step + 1, params, opt_state, rng), metrics
 

@@ -60,7 +60,7 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
             x = jnp.concatenate([c, emb])
             return activation(common.mlp_apply(mlp[:-1], x, activation)) if len(mlp) > 1 else x
         h = jax.vmap(one_chunk)(chunk_emb)
-        return h - jnp.mean(h, axis=0) if center and len(mlp) > 1 else h
+        return h - jnp.mean(h, axis=0, keepdims=True) if center and len(mlp) > 1 else h
 
     def core_init(key):
         k_emb, k_mlp = jax.random.split(key)

@@ -43,7 +43,7 @@ def mlp_init(key: PRNGKey, sizes: Sequence[int], dtype: Any, out_std: Any = None
     for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
         last = i == len(sizes) - 2
         std = out_std if last and out_std is not None else math.sqrt(2.0 / n_in)
-        w = jax.random.normal(k, (n_in, n_out), dtype) * jnp.asarray(std, dtype)
+        w = jax.random.normal(k, (n_in, n_out), dtype) * jnp.broadcast_to(jnp.asarray(std, dtype), (1, n_out))
         b = jnp.broadcast_to(jnp.asarray(out_mean if last else 0.0, dtype), (n_out,))
         layers.append({"w": w, "b": jnp.array(b)})
     return layers

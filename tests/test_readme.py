@@ -1,0 +1,32 @@
+"""The README's quick start runs as written."""
+
+import pathlib
+import re
+import runpy
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_exactly_two_setup_commands():
+    bash = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    commands = [line for block in bash for line in block.splitlines() if line.strip()]
+    assert commands == ['pip install -e ".[dev]" && python -m experiments.quickstart',
+                        'pip install -e ".[dev]" && python -m pytest -q']
+
+
+def test_readme_quickstart_runs(tmp_path, capsys):
+    blocks = python_blocks()
+    assert blocks, "README has no python block"
+    code = blocks[0]
+    assert len(code.strip().splitlines()) <= 20
+    path = tmp_path / "readme_quickstart.py"
+    path.write_text(code)
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    loss = float(re.search(r"loss ([0-9.]+)", out).group(1))
+    assert 0.0 < loss < 5.0, out          # a sane initial cross-entropy over 10 classes
+    assert "85002 target params" in out
