@@ -4,7 +4,7 @@ A target network is a `TargetSpec` (hyperjax.targets); a hypernetwork is `HyperN
 (hyperjax.generators); training wires Optax (hyperjax.training).
 """
 
-from hyperjax import generators, targets, training
+from hyperjax import generators, sharding, targets, training
 from hyperjax._src.paths import select
 from hyperjax._src.per_sample import generate_batch, per_sample
 from hyperjax._src.spec import TargetSpec
@@ -12,5 +12,5 @@ from hyperjax._src.types import HyperNetwork
 
 __version__ = "0.1.0"
 
-__all__ = ["HyperNetwork", "TargetSpec", "generate_batch", "generators", "per_sample", "select", "targets",
+__all__ = ["HyperNetwork", "TargetSpec", "generate_batch", "generators", "per_sample", "select", "sharding", "targets",
            "training", "__version__"]
