@@ -72,6 +72,28 @@ def multi_optimizer(transforms: Mapping[str, optax.GradientTransformation],
     return optax.multi_transform(dict(transforms), label_fn)
 
 
+_NORM_ROW = 1024
+
+
+def global_norm(tree: Any) -> Array:
+    """sqrt(sum of |x|^2) over every leaf, as `optax.global_norm`, summed per leaf in rows of 1,024 values
+    and accumulated in float32 (float64 if any leaf is 64-bit).
+
+    The two-stage sum matters for speed: on XLA CPU a single full reduction of a large 2-D gradient (e.g. the
+    f[100, 7510] output layer of a dense hypernetwork) is rewritten into a 32x32 reduce-window that took
+    1.3 ms of a 2.9 ms training step; reshaped to rows it fuses and costs about 0.1 ms.
+    """
+    leaves = jax.tree.leaves(tree)
+    acc = jnp.float64 if any(jnp.result_type(x) in (jnp.float64, jnp.complex128) for x in leaves) else jnp.float32
+    total = jnp.zeros((), acc)
+    for x in leaves:
+        v = jnp.ravel(jnp.real(x * jnp.conj(x)).astype(acc) if jnp.iscomplexobj(x) else jnp.square(x.astype(acc)))
+        if v.shape[0] > _NORM_ROW:
+            v = jnp.sum(jnp.pad(v, (0, -v.shape[0] % _NORM_ROW)).reshape(-1, _NORM_ROW), axis=1)
+        total = total + jnp.sum(v).astype(acc)
+    return jnp.sqrt(total)
+
+
 def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformation, *, has_aux: bool = False,
               jit: bool = True, donate: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Training step `step(state, batch) -> (state, metrics)`.
@@ -90,7 +112,7 @@ def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformati
         with jax.numpy_dtype_promotion("standard"):   # optax mixes Python floats with int32 step counters
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **dict(aux)}
+        metrics = {"loss": loss, "grad_norm": global_norm(grads), **dict(aux)}
         return TrainState(state.step + 1, params, opt_state, rng), metrics
 
     if not jit:

@@ -1,0 +1,200 @@
+"""benchmarks.run_all: the JSON schema of a smoke run (not its timings), goals, markdown, helpers; and the
+training-step fix the benchmarks found (hyperjax.training.global_norm)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hyperjax as hj
+from benchmarks import run_all, scaling
+from hyperjax._src.training import global_norm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROW_KEYS = {"name", "framework", "median_ms", "min_ms", "max_ms", "repeats", "ratio", "ratio_to"}
+GOAL_KEYS = {"name", "value", "op", "target", "passed", "note"}
+
+
+# ---------------------------------------------------------------- smoke run, schema
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """`run_all --quick --cases 1,3` with 3 repeats, torch made unimportable: (payload, out_dir, stdout)."""
+    out = tmp_path_factory.mktemp("run_all")
+    code = ("import sys\n"   # as if torch were not installed: its import raises ImportError
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ImportError('No module named torch')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from benchmarks.run_all import main\n"
+            f"main(['--quick', '--cases', '1,3', '--repeats', '3', '--warmup', '1', '--out-dir', {str(out)!r}])")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "run_all_quick.json") as f:
+        return json.load(f), out, proc.stdout
+
+
+def test_smoke_schema(smoke):
+    payload, out, _ = smoke
+    assert {"benchmark", "environment", "command", "config", "torch", "cases", "goals", "wall_s"} <= set(payload)
+    assert payload["benchmark"] == "run_all_quick"
+    assert payload["config"]["quick"] and payload["config"]["cases"] == [1, 3]
+    assert set(payload["cases"]) == {"1_dense", "3_per_sample"}
+    for case in payload["cases"].values():
+        assert {"title", "rows", "columns", "goals", "notes"} <= set(case)
+        for r in case["rows"]:
+            assert ROW_KEYS <= set(r), r["name"]
+            assert r["repeats"] == 3 and r["median_ms"] > 0
+        for g in case["goals"]:
+            assert set(g) == GOAL_KEYS
+    assert len(payload["goals"]) == sum(len(c["goals"]) for c in payload["cases"].values())
+    assert (out / "run_all_quick.md").exists()
+    assert not (out / "RESULTS.md").exists()  # quick runs leave RESULTS.md alone
+
+
+def test_smoke_missing_torch_is_reported(smoke):
+    payload, _, stdout = smoke
+    assert payload["torch"]["available"] is False
+    assert payload["torch"]["note"].startswith("torch not installed: PyTorch rows skipped")
+    frameworks = {r["framework"] for c in payload["cases"].values() for r in c["rows"]}
+    assert frameworks == {"jax"}
+    torch_goals = [g for g in payload["goals"] if "hypnettorch" in g["name"] or "bmm" in g["name"]]
+    assert torch_goals and all(g["passed"] is None and g["value"] is None for g in torch_goals)
+    assert "torch not installed" in stdout
+
+
+def test_smoke_dense_rows_and_ratio(smoke):
+    payload, _, _ = smoke
+    rows = {r["name"]: r for r in payload["cases"]["1_dense"]["rows"]}
+    assert rows["hand-written JAX"]["ratio"] == pytest.approx(1.0)
+    lib = rows["hyperjax dense + make_step"]
+    assert lib["ratio"] == pytest.approx(lib["median_ms"] / rows["hand-written JAX"]["median_ms"])
+    assert lib["trainable_params"] == 759_418   # the same hypernetwork as hypnettorch's HMLP
+    goal = payload["cases"]["1_dense"]["goals"][0]
+    assert goal["value"] == pytest.approx(lib["ratio"]) and goal["passed"] == (lib["ratio"] <= 1.05)
+
+
+def test_smoke_per_sample_agrees_with_loop(smoke):
+    payload, _, _ = smoke
+    checks = payload["cases"]["3_per_sample"]["checks"]
+    assert all(v < 1e-4 for v in checks.values()), checks
+    assert payload["cases"]["3_per_sample"]["modulation"]["available"] in (True, False)
+
+
+# ---------------------------------------------------------------- helpers
+@pytest.mark.parametrize("value,op,target,passed", [
+    (1.0, "<=", 1.05, True), (1.2, "<=", 1.05, False), (3.5, ">=", 3.0, True), (2.0, ">=", 3.0, False),
+    (None, ">=", 3.0, None),
+])
+def test_goal(value, op, target, passed):
+    assert run_all.goal("g", value, op, target)["passed"] is passed
+
+
+def test_goal_rejects_unknown_op():
+    with pytest.raises(ValueError, match="op must be '<=' or '>='"):
+        run_all.goal("g", 1.0, "<", 1.0)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--cases", "7"], "choose from"), (["--cases", "a,b"], "expected numbers"), (["--device", "tpu"], "invalid choice"),
+])
+def test_parse_args_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        run_all.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_parse_args_and_config():
+    args = run_all.parse_args(["--quick", "--cases", "3,1,3", "--no-torch"])
+    assert args.cases == [1, 3] and args.quick and args.no_torch
+    cfg = run_all.make_config(True, warmup=1, repeats=2)
+    assert cfg["fast"] == (1, 2) and cfg["slow"] == (1, 2) and cfg["adam"] == run_all.CONFIGS["quick"]["adam"]
+
+
+def test_no_torch_flag():
+    mod, note = run_all.load_torch(no_torch=True, device="cpu")
+    assert mod is None and "PyTorch rows skipped" in note
+
+
+def test_chunked_flops_match_reference_estimate():
+    """The anchors' common.flops_B for the chunked case: 1473.71 MFLOP per step, 263 chunks."""
+    f = run_all.chunked_flops(run_all.CHUNKED_DIMS, run_all.CHUNK)
+    assert f["step"] / 1e6 == pytest.approx(1473.71, abs=0.01)
+    assert f["hnet_fwd"] / 1e6 == pytest.approx(216.29, abs=0.01)
+
+
+def test_render_markdown(smoke, tmp_path):
+    payload, _, _ = smoke
+    text = "\n".join(run_all.render(payload, "CPU"))
+    assert "### 1. Dense hypernetwork" in text and "### Goals" in text
+    assert "| hyperjax dense + make_step |" in text and "n/a" in text
+    (tmp_path / "run_all.json").write_text(json.dumps(payload))
+    path = run_all.write_results_md(str(tmp_path), str(tmp_path / "RESULTS.md"))
+    assert "## CPU" in open(path).read() and "## GPU" not in open(path).read()
+
+
+@pytest.mark.parametrize("n", [10_000, 100_000, 1_000_000, 10_000_000])
+def test_scaling_width_hits_target_size(n):
+    w = scaling.width_for(n)
+    assert abs(run_all.target_params((64, w, w, 10)) - n) / n < 0.02
+
+
+def test_scaling_run_small(tmp_path):
+    batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in run_all._common.digits_batches(32)[:2]]
+    result = scaling.run(quick=True, reps=(0, 2), batches=batches, key=jax.random.key(0), out_dir=str(tmp_path),
+                         sizes=(1_000,))
+    assert {r["generator"] for r in result["rows"]} == {"dense", "chunked"}
+    for r in result["rows"]:
+        assert r["peak_mb"] is None or r["peak_mb"] > 0
+        assert r["trainable_params"] > 0 and r["median_ms"] > 0
+    assert sorted(os.path.basename(p) for p in result["pngs"]) == ["scaling_memory_quick.png", "scaling_time_quick.png"]
+    assert all(os.path.getsize(p) > 0 for p in result["pngs"])
+
+
+def test_torch_per_sample_bmm_matches_vmap():
+    pytest.importorskip("torch")
+    from benchmarks import torch_cases
+
+    runner = torch_cases.Runner("cpu", run_all._common.digits_batches(run_all.PER_SAMPLE_N)[:2])
+    conds = np.random.default_rng(0).normal(size=(run_all.PER_SAMPLE_N, run_all.EMB)).astype(np.float32)
+    rows, checks = torch_cases.case_per_sample(runner, run_all.DENSE_DIMS, run_all.EMB, run_all.HIDDEN, conds, 0, 2)
+    assert checks["max_abs_diff_torch_vmap_vs_bmm"] < 1e-4
+    assert [r["name"] for r in rows] == ["torch.func.vmap + functional_call", "torch hand-batched bmm"]
+
+
+# ---------------------------------------------------------------- hyperjax.training.global_norm (fix)
+@pytest.mark.parametrize("shapes", [[(3,)], [(100, 75)], [(2049,), (7,)], [(33, 40), (0,), (5, 1, 3)]],
+                         ids=["tiny", "2d", "ragged-rows", "mixed"])
+def test_global_norm_matches_optax(shapes, maybe_jit):
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    tree = {f"l{i}": jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, shapes))}
+    np.testing.assert_allclose(maybe_jit(global_norm)(tree), optax.global_norm(tree), rtol=1e-5)
+
+
+def test_global_norm_mixed_dtypes():
+    tree = {"a": jnp.full((1500,), 2.0, jnp.bfloat16), "b": jnp.full((4,), 1.0, jnp.float32)}
+    assert float(global_norm(tree)) == pytest.approx(np.sqrt(1500 * 4 + 4), rel=1e-5)
+
+
+def test_make_step_grad_norm_is_the_gradient_norm(tiny_mlp_spec, key):
+    gen = hj.generators.dense(tiny_mlp_spec, cond_dim=2, hidden=4, num_conds=1)
+    x, y = jnp.ones((6, 5)), jnp.arange(6, dtype=jnp.int32) % 3
+
+    def loss_fn(params, batch, rng):
+        logits = tiny_mlp_spec.apply(gen.apply(params, 0), batch[0])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+    hparams = gen.init(key)
+    want = optax.global_norm(jax.grad(loss_fn)(hparams, (x, y), None))
+    for jit in (False, True):
+        state = hj.training.init_state(hparams, optax.sgd(0.1), key)
+        _, metrics = hj.training.make_step(loss_fn, optax.sgd(0.1), jit=jit)(state, (x, y))
+        np.testing.assert_allclose(metrics["grad_norm"], want, rtol=1e-5)
