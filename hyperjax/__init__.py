@@ -4,13 +4,14 @@ A target network is a `TargetSpec` (hyperjax.targets); a hypernetwork is `HyperN
 (hyperjax.generators); training wires Optax (hyperjax.training).
 """
 
-from hyperjax import generators, sharding, targets, training
+from hyperjax import checkpoint, generators, sharding, targets, training, tying
 from hyperjax._src.paths import select
 from hyperjax._src.per_sample import generate_batch, per_sample
 from hyperjax._src.spec import TargetSpec
+from hyperjax._src.tying import Tie, Tied, tie
 from hyperjax._src.types import HyperNetwork
 
 __version__ = "0.1.0"
 
-__all__ = ["HyperNetwork", "TargetSpec", "generate_batch", "generators", "per_sample", "select", "sharding", "targets",
-           "training", "__version__"]
+__all__ = ["HyperNetwork", "TargetSpec", "Tie", "Tied", "checkpoint", "generate_batch", "generators", "per_sample",
+           "select", "sharding", "targets", "tie", "training", "tying", "__version__"]
