@@ -31,7 +31,7 @@ class TrainState(NamedTuple):
     step: Array        # int32[]
     params: Any        # hparams (generator, embeddings, hparams["direct"]) or any trainable pytree
     opt_state: Any
-    rng: Array         # PRNG key, split once per step
+    rng: Array         # base PRNG key; step t draws fold_in(rng, t), so a loss that ignores rng costs nothing
 
 
 def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKey) -> TrainState:
@@ -95,15 +95,19 @@ def global_norm(tree: Any) -> Array:
 
 
 def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformation, *, has_aux: bool = False,
-              jit: bool = True, donate: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+              jit: bool = True, donate: bool = True,
+              grad_norm: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Training step `step(state, batch) -> (state, metrics)`.
 
     loss_fn(params, batch, rng) -> loss (or (loss, aux) with has_aux, aux a dict of scalars).
     metrics: {"loss", "grad_norm", **aux}. With `jit`, the step is compiled once; with `donate`, the
     incoming state's buffers are reused for the new one (do not use a state after passing it in).
+    `grad_norm=False` drops that metric: it is one more pass over every gradient, which on CPU costs
+    ~20% of the step of a small model (benchmarks/overhead.py). The step key is
+    `jax.random.fold_in(state.rng, state.step)`, so it is dead code (free) when loss_fn ignores rng.
     """
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        rng, step_rng = jax.random.split(state.rng)
+        step_rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
         out, grads = grad_fn(state.params, batch, step_rng)
         loss, aux = out if has_aux else (out, {})
@@ -112,8 +116,8 @@ def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformati
         with jax.numpy_dtype_promotion("standard"):   # optax mixes Python floats with int32 step counters
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": global_norm(grads), **dict(aux)}
-        return TrainState(state.step + 1, params, opt_state, rng), metrics
+        metrics = {"loss": loss, **({"grad_norm": global_norm(grads)} if grad_norm else {}), **dict(aux)}
+        return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
     if not jit:
         return step
