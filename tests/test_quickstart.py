@@ -1,0 +1,80 @@
+"""experiments.quickstart end to end on a few steps: JSON record, PNG, parameter accounting, --mnist path."""
+
+import json
+import math
+
+import chex
+import numpy as np
+import pytest
+
+import hyperjax as hj
+from experiments import quickstart
+
+MLP_DIGITS = 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10   # 85,002
+
+
+def hnet_params(n_target, chunk_size, chunk_emb_dim, hidden, cond_dim):
+    """Trainable scalars of the chunked generator with one learned task embedding (docstring formula)."""
+    sizes = (cond_dim + chunk_emb_dim, hidden, chunk_size)
+    mlp = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return math.ceil(n_target / chunk_size) * chunk_emb_dim + mlp + cond_dim
+
+
+def run(tmp_path, *extra):
+    out = tmp_path / "quickstart.json"
+    metrics = quickstart.main(["--steps", "12", "--eval-every", "5", "--warmup", "3", "--no-progress",
+                               "--out", str(out), *extra])
+    return metrics, json.loads(out.read_text()), out.with_suffix(".png")
+
+
+def test_default_run_writes_record_and_figure(tmp_path):
+    metrics, record, png = run(tmp_path)
+    assert png.exists() and png.stat().st_size > 10_000
+    assert record["experiment"] == "quickstart" and record["seed"] == 0
+    assert record["metrics"] == json.loads(json.dumps(metrics))
+    m = record["metrics"]
+    assert m["dataset"] == "digits" and m["target_params"] == MLP_DIGITS
+    assert m["direct"]["trainable_params"] == MLP_DIGITS
+    assert m["hypernet"]["trainable_params"] == hnet_params(MLP_DIGITS, 512, 16, 64, 8)
+    assert 2 * m["hypernet"]["trainable_params"] <= MLP_DIGITS   # the default keeps at most half the params
+    assert m["compression_ratio"] == pytest.approx(MLP_DIGITS / m["hypernet"]["trainable_params"])
+    for name in ("hypernet", "direct"):
+        assert 0.0 <= m[name]["test_accuracy"] <= 1.0
+        curve = record["curves"][name]
+        assert curve["step"] == [0, 5, 10, 12]
+        assert len(curve["train_loss"]) == len(curve["test_accuracy"]) == 4
+        assert curve["test_accuracy"][-1] == m[name]["test_accuracy"]
+        assert np.isfinite(curve["train_loss"][1:]).all()
+        assert curve["train_loss"][-1] < curve["train_loss"][1]    # a dozen steps already lower the loss
+    assert m["accuracy_gap_points"] == pytest.approx(
+        100 * (m["direct"]["test_accuracy"] - m["hypernet"]["test_accuracy"]))
+    assert m["wall_time_s"] > 0 and "jax" in record["environment"]
+
+
+def test_hypernet_flags_change_the_generator():
+    args = quickstart.build_parser().parse_args(["--chunk-size", "2048", "--chunk-emb-dim", "4", "--hidden", "8",
+                                                 "--cond-dim", "3", "--widths", "32", "16"])
+    spec, hnet, hparams, direct = quickstart.build(args, 64)
+    n_target = 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+    assert spec.size == hj.training.count_params(direct) == n_target
+    assert hj.training.count_params(hparams) == hnet_params(n_target, 2048, 4, 8, 3)
+    assert hparams["chunk_emb"].shape == (math.ceil(n_target / 2048), 4) and hparams["cond_emb"].shape == (1, 3)
+    chex.assert_trees_all_equal_shapes_and_dtypes(hnet.apply(hparams, 0), direct)
+
+
+def test_mnist_file_is_flattened_to_784_inputs(tmp_path):
+    """--mnist reads a local .npz in keras' layout; 28x28 images flatten to 784 standardised inputs."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, 10, 300, dtype=np.uint8),
+             x_test=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 50, dtype=np.uint8))
+    x_tr, y_tr, x_te, y_te, name = quickstart.load(str(path), seed=0)
+    assert name == "mnist" and x_tr.shape == (300, 784) and x_te.shape == (50, 784)
+    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int32
+    np.testing.assert_allclose(x_tr.mean(0), 0.0, atol=1e-4)          # standardised with train statistics
+    args = quickstart.build_parser().parse_args(["--mnist", str(path)])
+    spec, _, hparams, _ = quickstart.build(args, x_tr.shape[1])
+    assert spec.size == 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    assert hj.training.count_params(hparams) == hnet_params(spec.size, 512, 16, 64, 8)
