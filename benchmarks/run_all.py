@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,10 +53,10 @@ MODULATION_BATCH = 256
 
 # (warmup, repeats) per kind of measurement
 CONFIGS = {
-    "full": {"fast": (20, 200), "slow": (5, 30), "per_sample": (20, 100), "loop": (5, 30), "peak": (3, 20),
-             "scaling": (3, 20), "compile_repeats": 3, "adam": ("fused", "default", "default+ftz")},
-    "quick": {"fast": (5, 30), "slow": (2, 8), "per_sample": (5, 30), "loop": (2, 10), "peak": (2, 5),
-              "scaling": (2, 5), "compile_repeats": 1, "adam": ("fused", "default", "default+ftz")},
+    "full": {"fast": (20, 200), "slow": (5, 30), "per_sample": (20, 100), "peak": (3, 20), "scaling": (3, 20),
+             "rounds": 10, "compile_repeats": 3, "adam": ("fused", "default", "default+ftz")},
+    "quick": {"fast": (5, 30), "slow": (2, 8), "per_sample": (5, 30), "peak": (2, 6), "scaling": (2, 5),
+              "rounds": 2, "compile_repeats": 1, "adam": ("fused", "default", "default+ftz")},
 }
 
 
@@ -140,8 +141,11 @@ def mlp_forward(leaves: dict[str, jax.Array], x: jax.Array, n_layers: int) -> ja
 
 
 def handwritten_step(gen_flat: Callable[[Any], jax.Array], spec: hj.TargetSpec, n_layers: int, hparams: Any,
-                     donate: bool = True):
-    """Hand-written jitted step ((params, opt_state), (x, y)) -> ((params, opt_state), loss), optax.adam."""
+                     donate: bool = True, grad_norm: bool = False):
+    """Hand-written jitted step ((params, opt_state), (x, y)) -> ((params, opt_state), loss), optax.adam.
+
+    With grad_norm the step also returns the gradient norm (the same outputs as hyperjax's make_step).
+    """
     opt = optax.adam(LR)
 
     def loss_fn(p, x, y):
@@ -151,29 +155,80 @@ def handwritten_step(gen_flat: Callable[[Any], jax.Array], spec: hj.TargetSpec, 
         p, s = state
         loss, g = jax.value_and_grad(loss_fn)(p, *batch)
         upd, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, upd), s), loss
+        return (optax.apply_updates(p, upd), s), ((loss, rows_norm(g)) if grad_norm else loss)
 
     params = jax.tree.map(jnp.copy, hparams)
     return jax.jit(step, donate_argnums=(0,) if donate else ()), (params, opt.init(params))
 
 
-def time_step(step: Callable, state: Any, batches: Sequence[Any], warmup: int, repeats: int
-              ) -> tuple[dict[str, Any], Any]:
-    """Compile `step(state, batch)` apart, then time it on rotating batches (state threaded, donated)."""
+def rows_norm(tree: Any) -> jax.Array:
+    """Gradient norm summed in rows of 1,024 (optax.global_norm's single reduction is slow on XLA CPU)."""
+    total = jnp.zeros((), jnp.float32)
+    for x in jax.tree.leaves(tree):
+        v = jnp.square(x).ravel()
+        if v.shape[0] > 1024:
+            v = jnp.sum(jnp.pad(v, (0, -v.shape[0] % 1024)).reshape(-1, 1024), axis=1)
+        total = total + jnp.sum(v)
+    return jnp.sqrt(total)
+
+
+def jax_step_entry(name: str, step: Callable, state: Any, batches: Sequence[Any], **extra: Any) -> dict[str, Any]:
+    """Entry for a JAX training step `step(state, batch) -> (state, out)`: compiled apart (compile_s), the
+    first-step loss recorded, then `run()` does one step on the next batch, threading (donating) the state."""
     compiled, compile_s = _common.compile_time(step, state, batches[0])
-    box, count = [state], [0]
+    first = _loss_of(compiled(jax.tree.map(jnp.copy, state), batches[0])[1])
+    box, count, last = [state], [0], [None]
 
     def run():
         batch = batches[count[0] % len(batches)]
         count[0] += 1
-        box[0], out = compiled(box[0], batch)
-        jax.block_until_ready((box[0], out))
-        return out
+        box[0], last[0] = compiled(box[0], batch)
+        jax.block_until_ready((box[0], last[0]))
 
-    stats = _common.timeit(run, warmup=warmup, repeats=repeats)
-    final = run()
-    loss = final["loss"] if isinstance(final, dict) else final
-    return {**stats, "compile_s": compile_s, "final_loss": float(loss)}, compiled
+    return {"name": name, "framework": "jax", "run": run, "compiled": compiled,
+            "final": lambda: {"compile_s": compile_s, "first_loss": first, "final_loss": _loss_of(last[0]),
+                              "xla_flops": cost_flops(compiled), **extra}}
+
+
+def _loss_of(out: Any) -> float:
+    """The loss from a step's second output: make_step's metrics dict, (loss, norm) or loss."""
+    return float(out["loss"] if isinstance(out, dict) else out[0] if isinstance(out, tuple) else out)
+
+
+def measure(entries: Sequence[dict], warmup: int, repeats: int, rounds: int, pause_s: float = 0.2) -> list[dict]:
+    """Time entries: framework by framework (JAX, then PyTorch), interleaved within a framework.
+
+    In a framework group each entry warms up, then in each of `rounds` rounds (order reversed every other
+    round) runs once untimed and ceil(repeats / rounds) times timed, so drift of a shared machine hits its
+    rows alike. Frameworks are not interleaved step by step: their thread pools (XLA's, PyTorch's OpenMP)
+    would compete for the same cores; a pause separates the groups. Returns rows {name, framework,
+    median_ms, min_ms, max_ms, repeats, **final()} in the order of `entries`.
+    """
+    per_round = -(-repeats // max(rounds, 1))
+    times: dict[str, list[float]] = {e["name"]: [] for e in entries}
+    frameworks = list(dict.fromkeys(e["framework"] for e in entries))
+    for i, fw in enumerate(frameworks):
+        group = [e for e in entries if e["framework"] == fw]
+        if i:
+            time.sleep(pause_s)
+        for e in group:
+            for _ in range(warmup):
+                e["run"]()
+        for r in range(max(rounds, 1)):
+            for e in (group if r % 2 == 0 else group[::-1]):
+                e["run"]()
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    e["run"]()
+                    times[e["name"]].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for e in entries:
+        ts = times[e["name"]]
+        stats = {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": len(ts)}
+        rows.append(row(e["name"], e["framework"], stats, **{k: v for k, v in e.items()
+                                                              if k not in ("name", "framework", "run", "final", "compiled")},
+                        **e["final"]()))
+    return rows
 
 
 def cost_flops(compiled: Any) -> float | None:
@@ -187,16 +242,14 @@ def cost_flops(compiled: Any) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def matmul_peak(n: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """Case D of the anchors: jit(jnp.dot) of two n x n float32 matrices; GFLOP/s at the median."""
+def matmul_entry(n: int) -> dict[str, Any]:
+    """Case D of the anchors: jit(jnp.dot) of two n x n float32 matrices."""
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.random.normal(k1, (n, n), jnp.float32)
     b = jax.random.normal(k2, (n, n), jnp.float32)
     f = jax.jit(jnp.dot)
-    stats = _common.timeit(lambda: f(a, b).block_until_ready(), warmup=warmup, repeats=repeats)
-    return row(f"JAX jit(jnp.dot) {n}x{n} float32", "jax", stats,
-               gflops=2 * n ** 3 / (stats["median_ms"] * 1e-3) / 1e9,
-               gflops_best=2 * n ** 3 / (stats["min_ms"] * 1e-3) / 1e9)
+    return {"name": f"JAX jit(jnp.dot) {n}x{n} float32", "framework": "jax",
+            "run": lambda: f(a, b).block_until_ready(), "final": dict}
 
 
 # ---------------------------------------------------------------- context
@@ -225,43 +278,59 @@ def section(title: str, rows: list[dict], columns: list[tuple[str, str]], goals:
 TIME_COLUMNS = [("name", "variant"), ("median_ms", "median ms"), ("min_ms", "min ms"), ("repeats", "repeats")]
 
 
+def jax_entries(ctx: Context, kind: str, gen: hj.HyperNetwork, spec: hj.TargetSpec, gen_flat: Callable,
+                n_layers: int, with_no_donation: bool = False) -> list[dict]:
+    """hyperjax make_step vs the hand-written step (alone, and returning the grad norm as make_step does),
+    all from the same initial hparams (their first-step losses are recorded to check they agree)."""
+    entries = []
+    for donate in (True, False) if with_no_donation else (True,):
+        suffix = "" if donate else ", no donation"
+        step, state = hyperjax_step(gen, spec, ctx.key, donate)
+        entries.append(jax_step_entry(f"hyperjax {kind} + make_step{suffix}", step, state, ctx.batches,
+                                      trainable_params=hj.training.count_params(state.params)))
+        step, state = handwritten_step(gen_flat, spec, n_layers, gen.init(ctx.key), donate=donate)
+        entries.append(jax_step_entry(f"hand-written JAX{suffix}", step, state, ctx.batches))
+        if donate:
+            step, state = handwritten_step(gen_flat, spec, n_layers, gen.init(ctx.key), grad_norm=True)
+            entries.append(jax_step_entry(SAME_OUTPUTS, step, state, ctx.batches))
+    return entries
+
+
+def first_loss_note(rows: Sequence[dict]) -> str:
+    firsts = [r["first_loss"] for r in rows if r["framework"] == "jax" and "first_loss" in r]
+    return (f"Same initial hparams on every JAX row: first-step losses agree to {max(firsts) - min(firsts):.1e} "
+            f"({firsts[0]:.6f}). make_step also splits its PRNG key and returns the gradient norm; the row "
+            f"'{SAME_OUTPUTS}' returns the same outputs by hand.")
+
+
+SAME_OUTPUTS = "hand-written JAX + grad norm (make_step's outputs)"
+
+
 # ---------------------------------------------------------------- case 1
 def case_dense(ctx: Context) -> dict[str, Any]:
-    warmup, repeats = ctx.cfg["fast"]
     spec = mlp_spec(DENSE_DIMS)
     gen = hj.generators.dense(spec, cond_dim=EMB, hidden=HIDDEN, num_conds=1)
-    rows, notes = [], []
 
     def gen_flat(p):  # the same computation as hj.generators.dense, by hand
         h = jax.nn.relu(p["cond_emb"][0] @ p["mlp"][0]["w"] + p["mlp"][0]["b"])
         return h @ p["mlp"][1]["w"] + p["mlp"][1]["b"]
 
-    for donate in (True, False):
-        suffix = "" if donate else ", no donation"
-        step, state = hyperjax_step(gen, spec, ctx.key, donate=donate)
-        n_trainable = hj.training.count_params(state.params)
-        stats, _ = time_step(step, state, ctx.batches, warmup, repeats)
-        rows.append(row(f"hyperjax dense + make_step{suffix}", "jax", stats, trainable_params=n_trainable))
-        hw, hw_state = handwritten_step(gen_flat, spec, 2, gen.init(ctx.key), donate=donate)
-        first = float(hw(jax.tree.map(jnp.copy, hw_state), ctx.batches[0])[1])
-        stats, _ = time_step(hw, hw_state, ctx.batches, warmup, repeats)
-        rows.append(row(f"hand-written JAX{suffix}", "jax", stats, first_loss=first))
-
-    step, state = hyperjax_step(gen, spec, ctx.key, donate=False)
-    lib_first = float(step(state, ctx.batches[0])[1]["loss"])
-    notes.append(f"Same initial hparams on both JAX sides: first-step loss hyperjax {lib_first:.6f}, hand-written "
-                 f"{rows[1]['first_loss']:.6f}. hyperjax's step also splits its PRNG key and returns the grad norm.")
+    entries, notes = jax_entries(ctx, "dense", gen, spec, gen_flat, 2, with_no_donation=True), []
     if ctx.torch is not None:
-        runner = ctx.torch_runner(ctx.np_batches)
-        rows += ctx.torch.case_dense(runner, DENSE_DIMS, EMB, HIDDEN, warmup, repeats, ctx.cfg["adam"])
+        entries += ctx.torch.case_dense(ctx.torch_runner(ctx.np_batches), DENSE_DIMS, EMB, HIDDEN, ctx.cfg["adam"])
     else:
         notes.append(ctx.torch_note)
+    rows = measure(entries, *ctx.cfg["fast"], rounds=ctx.cfg["rounds"])
+    notes.insert(0, first_loss_note(rows))
     ref = find(rows, "hand-written JAX")
     add_ratios(rows, ref, "hand-written JAX (donate)")
     lib = find(rows, "hyperjax dense + make_step")
     hyp = [r for r in rows if r["name"].startswith("hypnettorch")]
     fastest = min(hyp, key=lambda r: r["median_ms"]) if hyp else None
+    same = find(rows, SAME_OUTPUTS)
     goals = [goal("hyperjax / hand-written JAX", lib["ratio"], "<=", 1.05),
+             goal("hyperjax / hand-written JAX + grad norm", lib["median_ms"] / same["median_ms"], "<=", 1.05,
+                  "the same outputs on both sides (loss and gradient norm)"),
              goal("hypnettorch (fastest Adam) / hyperjax", fastest["median_ms"] / lib["median_ms"] if fastest else None,
                   ">=", 3.0, f"fastest: {fastest['name']}" if fastest else ctx.torch_note)]
     return section("1. Dense hypernetwork training step (emb 8 -> 100 -> 7,510 params of MLP 64-100-10, batch 128, Adam)",
@@ -280,34 +349,35 @@ def chunked_flops(dims: Sequence[int], chunk: int, emb: int = EMB, hidden: int =
 
 
 def case_chunked(ctx: Context) -> dict[str, Any]:
-    warmup, repeats = ctx.cfg["slow"]
     spec = mlp_spec(CHUNKED_DIMS)
     gen = hj.generators.chunked(spec, cond_dim=EMB, chunk_size=CHUNK, chunk_emb_dim=EMB, hidden=HIDDEN, num_conds=1)
     n_chunks = -(-spec.size // CHUNK)
-    rows, notes = [], []
-    peak = matmul_peak(4096 if ctx.device == "gpu" else 2048, *ctx.cfg["peak"])
 
-    def gen_flat(p):  # batched chunk matmul, by hand (no per-leaf init scaling)
-        c = jnp.broadcast_to(p["cond_emb"][0], (n_chunks, EMB))
+    scale = np.repeat([math.sqrt(spec.init_moments(p)[1]) for p in spec.paths],
+                      [math.prod(spec.leaves[p].shape) for p in spec.paths]).astype(np.float32)
+
+    def gen_flat(p):  # the same computation as hj.generators.chunked, by hand: batched chunk matmul,
+        c = jnp.broadcast_to(p["cond_emb"][0], (n_chunks, EMB))  # features centred over chunks, per-leaf scale
         h = jax.nn.relu(jnp.concatenate([c, p["chunk_emb"]], axis=1) @ p["mlp"][0]["w"] + p["mlp"][0]["b"])
-        return (h @ p["mlp"][1]["w"] + p["mlp"][1]["b"]).reshape(-1)
+        h = h - jnp.mean(h, axis=0, keepdims=True)
+        return (h @ p["mlp"][1]["w"] + p["mlp"][1]["b"]).reshape(-1)[:spec.size] * scale
 
-    step, state = hyperjax_step(gen, spec, ctx.key)
-    n_trainable = hj.training.count_params(state.params)
-    stats, compiled = time_step(step, state, ctx.batches, warmup, repeats)
-    rows.append(row("hyperjax chunked + make_step", "jax", stats, trainable_params=n_trainable,
-                    xla_flops=cost_flops(compiled)))
-    hw, hw_state = handwritten_step(gen_flat, spec, 3, gen.init(ctx.key))
-    stats, compiled = time_step(hw, hw_state, ctx.batches, warmup, repeats)
-    rows.append(row("hand-written JAX", "jax", stats, xla_flops=cost_flops(compiled)))
+    n_mm = 4096 if ctx.device == "gpu" else 2048  # the peak is timed interleaved with the steps of its framework
+    entries, notes = jax_entries(ctx, "chunked", gen, spec, gen_flat, 3) + [matmul_entry(n_mm)], []
     if ctx.torch is not None:
-        runner = ctx.torch_runner(ctx.np_batches)
-        rows += ctx.torch.case_chunked(runner, CHUNKED_DIMS, EMB, HIDDEN, CHUNK, warmup, repeats, ctx.cfg["adam"])
-        peaks = [peak, ctx.torch.matmul_peak(runner.device.type, 4096 if ctx.device == "gpu" else 2048,
-                                              *ctx.cfg["peak"])]
+        entries += ctx.torch.case_chunked(ctx.torch_runner(ctx.np_batches), CHUNKED_DIMS, EMB, HIDDEN, CHUNK,
+                                          ctx.cfg["adam"])
+        entries.append(ctx.torch.matmul_peak("cuda" if ctx.device == "gpu" else "cpu", n_mm))
     else:
         notes.append(ctx.torch_note)
-        peaks = [peak]
+    rows = measure(entries, *ctx.cfg["slow"], rounds=ctx.cfg["rounds"])
+    peaks = [r for r in rows if r["name"].endswith(f"{n_mm}x{n_mm} float32")]
+    rows = [r for r in rows if r not in peaks]
+    for r in peaks:
+        r["gflops"] = 2 * n_mm ** 3 / (r["median_ms"] * 1e-3) / 1e9
+        r["gflops_best"] = 2 * n_mm ** 3 / (r["min_ms"] * 1e-3) / 1e9
+    notes.insert(0, first_loss_note(rows))
+    peak = peaks[0]
     flops = chunked_flops(CHUNKED_DIMS, CHUNK)
     for r in rows:
         r["gflops"] = flops["step"] / (r["median_ms"] * 1e-3) / 1e9
@@ -331,27 +401,29 @@ def case_chunked(ctx: Context) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- case 3
+LIB_PER_SAMPLE = "hyperjax per_sample (jit)"
+
+
 def case_per_sample(ctx: Context) -> dict[str, Any]:
-    warmup, repeats = ctx.cfg["per_sample"]
     spec = mlp_spec(DENSE_DIMS)
     gen = hj.generators.dense(spec, cond_dim=EMB, hidden=HIDDEN)
     hparams = gen.init(ctx.key)
     conds_np = np.asarray(jax.random.normal(jax.random.key(1), (PER_SAMPLE_N, EMB), jnp.float32))
     conds = jnp.asarray(conds_np)
     xs = [jnp.asarray(x) for x, _ in ctx.np_small]
-    rows, notes = [], []
+    notes: list[str] = []
 
     def single(p, c, x):  # hand-written: one weight set, one example f[64] -> f[10]
         h = jax.nn.relu(c @ p["mlp"][0]["w"] + p["mlp"][0]["b"])
         return mlp_forward(split_by_paths(spec, h @ p["mlp"][1]["w"] + p["mlp"][1]["b"]), x, 2)
 
-    def timed(fn: Callable[[jax.Array], Any], reps=(warmup, repeats)) -> dict[str, Any]:
+    def forward_entry(name: str, fn: Callable[[Any], Any], inputs: Sequence[Any]) -> dict[str, Any]:
         count = [0]
 
         def run():
             count[0] += 1
-            return jax.block_until_ready(fn(xs[count[0] % len(xs)]))
-        return _common.timeit(run, *reps)
+            jax.block_until_ready(fn(inputs[count[0] % len(inputs)]))
+        return {"name": name, "framework": "jax", "run": run, "final": dict}
 
     lib = jax.jit(hj.per_sample(gen, spec))
     lib_flat = jax.jit(hj.per_sample(gen, spec, example_has_batch_axis=False))
@@ -364,22 +436,19 @@ def case_per_sample(ctx: Context) -> dict[str, Any]:
     diffs = {"hyperjax_vs_loop": float(jnp.max(jnp.abs(lib(hparams, conds, x0) - ref_out))),
              "hyperjax_flat_vs_loop": float(jnp.max(jnp.abs(lib_flat(hparams, conds, x0) - ref_out))),
              "vmap_vs_loop": float(jnp.max(jnp.abs(vm(hparams, conds, x0) - ref_out)))}
-    rows.append(row("hyperjax per_sample (jit)", "jax", timed(lambda x: lib(hparams, conds, x))))
-    rows.append(row("hyperjax per_sample, example_has_batch_axis=False (jit)", "jax",
-                    timed(lambda x: lib_flat(hparams, conds, x))))
-    rows.append(row("JAX jit(vmap) hand-written", "jax", timed(lambda x: vm(hparams, conds, x))))
-    count = [0]
-
-    def loop():
-        xl = x_lists[count[0] % len(x_lists)]
-        count[0] += 1
-        return jax.block_until_ready([one(hparams, c_list[i], xl[i]) for i in range(PER_SAMPLE_N)])
-    rows.append(row("JAX loop of 64 jitted calls", "jax", _common.timeit(loop, *ctx.cfg["loop"])))
+    entries = [
+        forward_entry(LIB_PER_SAMPLE, lambda x: lib(hparams, conds, x), xs),
+        forward_entry("hyperjax per_sample, example_has_batch_axis=False (jit)", lambda x: lib_flat(hparams, conds, x), xs),
+        forward_entry("JAX jit(vmap) hand-written", lambda x: vm(hparams, conds, x), xs),
+        forward_entry("JAX loop of 64 jitted calls",
+                      lambda xl: [one(hparams, c_list[i], xl[i]) for i in range(PER_SAMPLE_N)], x_lists)]
     if ctx.torch is not None:
-        runner = ctx.torch_runner(ctx.np_small)
-        torch_rows, torch_checks = ctx.torch.case_per_sample(runner, DENSE_DIMS, EMB, HIDDEN, conds_np, warmup, repeats)
-        rows += torch_rows
+        torch_entries, torch_checks = ctx.torch.case_per_sample(ctx.torch_runner(ctx.np_small), DENSE_DIMS, EMB,
+                                                                HIDDEN, conds_np)
+        entries += torch_entries
         diffs.update(torch_checks)
+    rows = measure(entries, *ctx.cfg["per_sample"], rounds=ctx.cfg["rounds"])
+    if ctx.torch is not None:
         ref, ref_label = find(rows, "torch hand-batched bmm"), "torch hand-batched bmm"
     else:
         notes.append(ctx.torch_note)
@@ -387,7 +456,7 @@ def case_per_sample(ctx: Context) -> dict[str, Any]:
     add_ratios(rows, ref, ref_label)
     notes.append("Forward only (torch under inference_mode). Max |difference| to a loop over examples: "
                  + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()) + ".")
-    lib_row = rows[0]
+    lib_row = find(rows, LIB_PER_SAMPLE)
     goals = [goal("hyperjax per_sample / torch hand-batched bmm",
                   lib_row["ratio"] if ctx.torch is not None else None, "<=", 0.8,
                   "" if ctx.torch is not None else ctx.torch_note)]
@@ -438,6 +507,8 @@ def case_compile_depth(ctx: Context) -> dict[str, Any]:
     n_rep = ctx.cfg["compile_repeats"]
     rows, notes = [], []
     x, y = ctx.batches[0]
+    step, state = _handwritten_deep(depths[0], "lax_scan", ctx.key)  # warm JAX's own tracing caches first
+    jax.jit(step).lower(state, (x, y)).compile()
     for depth in depths:
         for variant in ("lax_scan", "python_loop"):
             rows.append(_compile_row("hand-written JAX (reference)", variant, depth,
@@ -606,6 +677,13 @@ def render(payload: dict[str, Any], label: str) -> list[str]:
             lines += table([h for _, h in cols], [[r.get(k) for k, _ in cols] for r in case["rows"]]) + [""]
         for note in case.get("notes", []):
             lines.append(f"- {note}")
+        if case.get("peaks"):
+            lines.append("- Matmul peak, timed interleaved with the steps: " + "; ".join(
+                f"{p['name']} {p['median_ms']:.1f} ms = {p['gflops']:.1f} GFLOP/s (best {p['gflops_best']:.1f})"
+                for p in case["peaks"]) + ".")
+        if case.get("load_average"):
+            lines.append(f"- 1-minute load average at the start / end of the case: {case['load_average'][0]} / "
+                         f"{case['load_average'][1]} ({env['cpu_count']} CPUs).")
         lines.append("")
         all_goals += [(case["title"].split(".")[0], g) for g in case.get("goals", [])]
     if all_goals:
@@ -702,7 +780,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         key, fn = CASES[c]
         tc = time.perf_counter()
         print(f"== case {key} ...", flush=True)
+        load = os.getloadavg()[0]
         cases[key] = fn(ctx)
+        cases[key]["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
         print(f"   done in {time.perf_counter() - tc:.1f} s", flush=True)
     goals = [{"case": k, **g} for k, case in cases.items() for g in case.get("goals", [])]
     payload = {"command": command, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

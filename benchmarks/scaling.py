@@ -47,7 +47,7 @@ def memory(compiled: Any) -> dict[str, float | None]:
 def run(quick: bool, reps: tuple[int, int], batches: Sequence[Any], key: jax.Array, out_dir: str,
         suffix: str | None = None, sizes: Sequence[int] | None = None) -> dict[str, Any]:
     """Measure every (generator, size) point; write scaling_time{suffix}.png and scaling_memory{suffix}.png."""
-    from benchmarks.run_all import CHUNK, EMB, HIDDEN, hyperjax_step, mlp_spec, row, section, time_step
+    from benchmarks.run_all import CHUNK, EMB, HIDDEN, hyperjax_step, jax_step_entry, measure, mlp_spec, section
 
     sizes = tuple(sizes or (QUICK_SIZES if quick else FULL_SIZES))
     suffix = ("_quick" if quick else "") if suffix is None else suffix
@@ -70,13 +70,15 @@ def run(quick: bool, reps: tuple[int, int], batches: Sequence[Any], key: jax.Arr
                 gen = hj.generators.chunked(spec, cond_dim=EMB, chunk_size=CHUNK, chunk_emb_dim=EMB, hidden=HIDDEN,
                                             num_conds=1)
             step, state = hyperjax_step(gen, spec, key)
-            n_hyper = hj.training.count_params(state.params)
-            stats, compiled = time_step(step, state, batches, warmup, repeats)
-            rows.append(row(f"{kind} N={spec.size:,}", "jax", stats, generator=kind, target_params=spec.size,
-                            width=w, trainable_params=n_hyper, **memory(compiled)))
-            del state, compiled
-            print(f"   {kind:8s} N={spec.size:>10,} {stats['median_ms']:9.2f} ms  "
-                  f"peak~{rows[-1]['peak_mb'] or float('nan'):8.1f} MB", flush=True)
+            entry = jax_step_entry(f"{kind} N={spec.size:,}", step, state, batches, generator=kind,
+                                   target_params=spec.size, width=w,
+                                   trainable_params=hj.training.count_params(state.params))
+            mem = memory(entry["compiled"])
+            del state
+            rows.append({**measure([entry], warmup, repeats, rounds=1)[0], **mem})
+            del entry
+            print(f"   {kind:8s} N={spec.size:>10,} {rows[-1]['median_ms']:9.2f} ms  "
+                  f"peak~{mem['peak_mb'] or float('nan'):8.1f} MB", flush=True)
     for s in skipped:
         notes.append(f"{s['generator']} at N={s['target_params']:,} skipped: {s['reason']}.")
     notes.append("Memory: XLA memory_analysis() of the compiled step, peak ~ argument + output + temp - alias "

@@ -1,9 +1,10 @@
 """PyTorch side of `benchmarks.run_all`: hypnettorch and plain PyTorch versions of cases 1-3.
 
 Imported only when torch is importable (the `compare` extra: torch==2.13.0, then
-`pip install --no-deps hypnettorch hyper-nn hyperlight`). Sizes, batches and timing rules are given by
-run_all, so both frameworks see the same problem: rotating real digits batches, warm-up excluded,
-medians. Every function returns rows `{"name", "framework", "median_ms", "min_ms", "max_ms", "repeats", ...}`.
+`pip install --no-deps hypnettorch hyper-nn hyperlight`). Sizes, batches and timing are run_all's, so both
+frameworks see the same problem (rotating real digits batches). Each function returns *entries*
+`{"name", "framework", "run", "final"}`: `run()` does one step (or forward) and waits for it; run_all times
+the entries of a case interleaved, in rounds, so drift of a shared machine hits every row alike.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import timeit
 
 
 def environment() -> dict[str, Any]:
@@ -52,11 +52,11 @@ class Runner:
         self.count += 1
         return batch
 
-    def time(self, fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, float]:
-        def call():
+    def entry(self, name: str, fn: Callable[[], Any], final: Callable[[], dict] | None = None) -> dict[str, Any]:
+        def run():
             fn()
             self.sync()
-        return timeit(call, warmup=warmup, repeats=repeats)
+        return {"name": name, "framework": "torch", "run": run, "final": final or dict}
 
 
 # ---------------------------------------------------------------- plain PyTorch building blocks
@@ -101,16 +101,18 @@ def mlp_forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tenso
 
 
 ADAM_VARIANTS = {"fused": {"fused": True}, "default": {}}
+ADAM_LABELS = {"fused": "Adam(fused=True)", "default": "Adam() default",
+               "default+ftz": "Adam() default + set_flush_denormal(True)"}
 
 
-def _train_rows(prefix: str, make: Callable[[], tuple[list[torch.nn.Parameter], Callable[[], torch.Tensor]]],
-                runner: Runner, variants: Sequence[str], warmup: int, repeats: int, lr: float = 1e-3) -> list[dict]:
-    """Time `loss = loss_fn(); backward; Adam step` for each Adam variant on a fresh model.
+def _train_entries(prefix: str, make: Callable[[], tuple[list[torch.nn.Parameter], Callable[[], torch.Tensor]]],
+                   runner: Runner, variants: Sequence[str], lr: float = 1e-3) -> list[dict]:
+    """One entry per Adam variant, each on a fresh model: `loss = loss_fn(); backward; Adam step`.
 
     variants: "fused" (Adam(fused=True), PyTorch's fastest here), "default" (Adam()), "default+ftz"
-    (Adam() with torch.set_flush_denormal(True), restored afterwards; CPU only).
+    (Adam() with torch.set_flush_denormal(True) around each step, restored after it; CPU only).
     """
-    rows = []
+    entries = []
     for variant in variants:
         ftz = variant == "default+ftz"
         if ftz and runner.device.type != "cpu":
@@ -118,32 +120,34 @@ def _train_rows(prefix: str, make: Callable[[], tuple[list[torch.nn.Parameter], 
         torch.manual_seed(0)
         params, loss_fn = make()
         opt = torch.optim.Adam(params, lr=lr, **ADAM_VARIANTS[variant.split("+")[0]])
+        last = [float("nan")]
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn()
-            loss.backward()
-            opt.step()
-            return loss
-
-        flushed = torch.set_flush_denormal(True) if ftz else None
-        try:
-            stats = runner.time(step, warmup, repeats)
-            final_loss = float(step())
-        finally:
+        def step(opt=opt, loss_fn=loss_fn, last=last, ftz=ftz):
             if ftz:
+                torch.set_flush_denormal(True)
+            try:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn()
+                loss.backward()
+                opt.step()
+                last[0] = loss.detach()
+            finally:
+                if ftz:
+                    torch.set_flush_denormal(False)
+
+        def final(params=params, last=last, ftz=ftz):
+            out = {"final_loss": float(last[0]), "trainable_params": int(sum(p.numel() for p in params))}
+            if ftz:
+                out["flush_denormal_supported"] = bool(torch.set_flush_denormal(True))
                 torch.set_flush_denormal(False)
-        label = {"fused": "Adam(fused=True)", "default": "Adam() default",
-                 "default+ftz": "Adam() default + set_flush_denormal(True)"}[variant]
-        rows.append({"name": f"{prefix}, {label}", "framework": "torch", "optimizer": variant, **stats,
-                     "final_loss": final_loss, "trainable_params": int(sum(p.numel() for p in params)),
-                     **({"flush_denormal_supported": bool(flushed)} if ftz else {})})
-    return rows
+            return out
+
+        entries.append({**runner.entry(f"{prefix}, {ADAM_LABELS[variant]}", step, final), "optimizer": variant})
+    return entries
 
 
 # ---------------------------------------------------------------- case 1: dense
-def case_dense(runner: Runner, dims: Sequence[int], emb: int, hidden: int, warmup: int, repeats: int,
-               variants: Sequence[str]) -> list[dict]:
+def case_dense(runner: Runner, dims: Sequence[int], emb: int, hidden: int, variants: Sequence[str]) -> list[dict]:
     """hypnettorch HMLP + mnets.MLP, and the same network written in plain PyTorch."""
     from hypnettorch.hnets import HMLP
     from hypnettorch.mnets import MLP
@@ -170,14 +174,13 @@ def case_dense(runner: Runner, dims: Sequence[int], emb: int, hidden: int, warmu
             return F.cross_entropy(mlp_forward(unflatten(hnet(task_emb), shapes), x), y)
         return [*hnet.parameters(), task_emb], loss_fn
 
-    return (_train_rows("hypnettorch HMLP + mnets.MLP", hypnettorch_model, runner, variants, warmup, repeats)
-            + _train_rows("plain PyTorch", plain_model, runner, [v for v in variants if v != "default+ftz"],
-                          warmup, repeats))
+    return (_train_entries("hypnettorch HMLP + mnets.MLP", hypnettorch_model, runner, variants)
+            + _train_entries("plain PyTorch", plain_model, runner, [v for v in variants if v != "default+ftz"]))
 
 
 # ---------------------------------------------------------------- case 2: chunked
-def case_chunked(runner: Runner, dims: Sequence[int], emb: int, hidden: int, chunk: int, warmup: int,
-                 repeats: int, variants: Sequence[str]) -> list[dict]:
+def case_chunked(runner: Runner, dims: Sequence[int], emb: int, hidden: int, chunk: int,
+                 variants: Sequence[str]) -> list[dict]:
     """hypnettorch ChunkedHMLP, and the batched chunk matmul written in plain PyTorch."""
     from hypnettorch.hnets import ChunkedHMLP
     from hypnettorch.mnets import MLP
@@ -209,17 +212,17 @@ def case_chunked(runner: Runner, dims: Sequence[int], emb: int, hidden: int, chu
             return F.cross_entropy(mlp_forward(unflatten(flat, shapes), x), y)
         return [*hnet.parameters(), chunk_embs, task_emb], loss_fn
 
-    return (_train_rows("hypnettorch ChunkedHMLP", hypnettorch_model, runner, variants, warmup, repeats)
-            + _train_rows("plain PyTorch (batched chunk matmul)", plain_model, runner,
-                          [v for v in variants if v != "default+ftz"], warmup, repeats))
+    return (_train_entries("hypnettorch ChunkedHMLP", hypnettorch_model, runner, variants)
+            + _train_entries("plain PyTorch (batched chunk matmul)", plain_model, runner,
+                             [v for v in variants if v != "default+ftz"]))
 
 
 # ---------------------------------------------------------------- case 3: per-sample weights
-def case_per_sample(runner: Runner, dims: tuple[int, int, int], emb: int, hidden: int, conds: np.ndarray,
-                    warmup: int, repeats: int) -> tuple[list[dict], dict]:
+def case_per_sample(runner: Runner, dims: tuple[int, int, int], emb: int, hidden: int, conds: np.ndarray
+                    ) -> tuple[list[dict], dict]:
     """Forward only, under torch.inference_mode(): 64 conds -> 64 weight sets, each on its own example.
 
-    Returns (rows, checks) with checks = max |vmap - bmm| over one batch.
+    Returns (entries, checks) with checks = max |vmap - bmm| over one batch.
     """
     from torch.func import functional_call, vmap
 
@@ -253,21 +256,23 @@ def case_per_sample(runner: Runner, dims: tuple[int, int, int], emb: int, hidden
         h = F.relu(torch.bmm(w1, x[:, :, None])[..., 0] + b1)
         return torch.bmm(w2, h[:, :, None])[..., 0] + b2
 
+    def inference(fn):
+        def run():
+            with torch.inference_mode():
+                fn()
+        return run
+
     with torch.inference_mode():
         x0 = runner.batches[0][0]
         diff = float((vsingle(c, x0) - bmm(x0)).abs().max())
-        rows = [{"name": "torch.func.vmap + functional_call", "framework": "torch",
-                 **runner.time(func_vmap, warmup, repeats)},
-                {"name": "torch hand-batched bmm", "framework": "torch", **runner.time(bmm, warmup, repeats)}]
-    return rows, {"max_abs_diff_torch_vmap_vs_bmm": diff}
+    entries = [runner.entry("torch.func.vmap + functional_call", inference(func_vmap)),
+               runner.entry("torch hand-batched bmm", inference(bmm))]
+    return entries, {"max_abs_diff_torch_vmap_vs_bmm": diff}
 
 
 # ---------------------------------------------------------------- matmul peak
-def matmul_peak(device: str, n: int, warmup: int, repeats: int) -> dict:
-    """n x n float32 torch.mm: median ms and GFLOP/s."""
+def matmul_peak(device: str, n: int) -> dict[str, Any]:
+    """Entry for an n x n float32 torch.mm."""
     dev = torch.device(device)
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
-    runner = Runner(device, [])
-    stats = runner.time(lambda: torch.mm(a, b), warmup, repeats)
-    return {"name": f"torch.mm {n}x{n} float32", "framework": "torch", **stats,
-            "gflops": 2 * n ** 3 / (stats["median_ms"] * 1e-3) / 1e9}
+    return Runner(device, []).entry(f"torch.mm {n}x{n} float32", lambda: torch.mm(a, b))

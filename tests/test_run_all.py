@@ -52,7 +52,7 @@ def test_smoke_schema(smoke):
         assert {"title", "rows", "columns", "goals", "notes"} <= set(case)
         for r in case["rows"]:
             assert ROW_KEYS <= set(r), r["name"]
-            assert r["repeats"] == 3 and r["median_ms"] > 0
+            assert r["repeats"] >= 3 and r["median_ms"] > 0
         for g in case["goals"]:
             assert set(g) == GOAL_KEYS
     assert len(payload["goals"]) == sum(len(c["goals"]) for c in payload["cases"].values())
@@ -165,9 +165,11 @@ def test_torch_per_sample_bmm_matches_vmap():
 
     runner = torch_cases.Runner("cpu", run_all._common.digits_batches(run_all.PER_SAMPLE_N)[:2])
     conds = np.random.default_rng(0).normal(size=(run_all.PER_SAMPLE_N, run_all.EMB)).astype(np.float32)
-    rows, checks = torch_cases.case_per_sample(runner, run_all.DENSE_DIMS, run_all.EMB, run_all.HIDDEN, conds, 0, 2)
+    entries, checks = torch_cases.case_per_sample(runner, run_all.DENSE_DIMS, run_all.EMB, run_all.HIDDEN, conds)
     assert checks["max_abs_diff_torch_vmap_vs_bmm"] < 1e-4
+    rows = run_all.measure(entries, warmup=0, repeats=2, rounds=2)
     assert [r["name"] for r in rows] == ["torch.func.vmap + functional_call", "torch hand-batched bmm"]
+    assert all(r["repeats"] == 2 and r["framework"] == "torch" for r in rows)
 
 
 # ---------------------------------------------------------------- hyperjax.training.global_norm (fix)
@@ -192,8 +194,8 @@ def test_make_step_grad_norm_is_the_gradient_norm(tiny_mlp_spec, key):
         logits = tiny_mlp_spec.apply(gen.apply(params, 0), batch[0])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-    hparams = gen.init(key)
-    want = optax.global_norm(jax.grad(loss_fn)(hparams, (x, y), None))
+    hparams = jax.jit(gen.init)(key)
+    want = optax.global_norm(jax.jit(jax.grad(loss_fn))(hparams, (x, y), None))
     for jit in (False, True):
         state = hj.training.init_state(hparams, optax.sgd(0.1), key)
         _, metrics = hj.training.make_step(loss_fn, optax.sgd(0.1), jit=jit)(state, (x, y))
