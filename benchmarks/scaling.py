@@ -87,7 +87,7 @@ def run(quick: bool, reps: tuple[int, int], batches: Sequence[Any], key: jax.Arr
     columns = [("generator", "generator"), ("target_params", "target params"), ("trainable_params", "hypernet params"),
                ("median_ms", "median ms"), ("compile_s", "compile s"), ("argument_mb", "argument MB"),
                ("output_mb", "output MB"), ("temp_mb", "temp MB"), ("alias_mb", "alias MB"), ("peak_mb", "peak MB")]
-    return section("4. Scaling with the target size (MLP 64-w-w-10, batch 128, Adam; no goal, curves only)",
+    return section("4. Scaling with the target size (MLP 64-w-w-10, batch 128, Adam, make_step(grad_norm=False); no goal, curves only)",
                    rows, columns, [], notes, skipped=skipped, pngs=pngs)
 
 

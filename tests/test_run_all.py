@@ -73,13 +73,19 @@ def test_smoke_missing_torch_is_reported(smoke):
 
 def test_smoke_dense_rows_and_ratio(smoke):
     payload, _, _ = smoke
-    rows = {r["name"]: r for r in payload["cases"]["1_dense"]["rows"]}
-    assert rows["hand-written JAX"]["ratio"] == pytest.approx(1.0)
-    lib = rows["hyperjax dense + make_step"]
-    assert lib["ratio"] == pytest.approx(lib["median_ms"] / rows["hand-written JAX"]["median_ms"])
+    case = payload["cases"]["1_dense"]
+    rows = {r["name"]: r for r in case["rows"]}
+    hand, lib = rows[run_all.HAND], rows[run_all.lib_name("dense")]
+    assert hand["ratio"] == pytest.approx(1.0)
+    assert lib["ratio"] == pytest.approx(lib["median_ms"] / hand["median_ms"])
     assert lib["trainable_params"] == 759_418   # the same hypernetwork as hypnettorch's HMLP
-    goal = payload["cases"]["1_dense"]["goals"][0]
+    firsts = {r["first_loss"] for r in case["rows"]}
+    assert max(firsts) - min(firsts) < 1e-5      # same hparams, same computation on every JAX row
+    goal = case["goals"][0]
     assert goal["value"] == pytest.approx(lib["ratio"]) and goal["passed"] == (lib["ratio"] <= 1.05)
+    default = case["goals"][1]
+    want = rows[run_all.lib_name("dense", default=True)]["median_ms"] / rows[run_all.HAND_NORM]["median_ms"]
+    assert default["value"] == pytest.approx(want)
 
 
 def test_smoke_per_sample_agrees_with_loop(smoke):
@@ -135,7 +141,7 @@ def test_render_markdown(smoke, tmp_path):
     payload, _, _ = smoke
     text = "\n".join(run_all.render(payload, "CPU"))
     assert "### 1. Dense hypernetwork" in text and "### Goals" in text
-    assert "| hyperjax dense + make_step |" in text and "n/a" in text
+    assert f"| {run_all.lib_name('dense')} |" in text and "n/a" in text
     (tmp_path / "run_all.json").write_text(json.dumps(payload))
     path = run_all.write_results_md(str(tmp_path), str(tmp_path / "RESULTS.md"))
     assert "## CPU" in open(path).read() and "## GPU" not in open(path).read()
