@@ -316,3 +316,14 @@ def test_export_equinox_and_load_back_into_its_structure(tmp_path, key):
         hj.checkpoint.load_export(path, other)
     with pytest.raises(TypeError, match=r"leaf 'rng' is a PRNG key, not a parameter"):
         hj.checkpoint.export(tmp_path / "k", {"w": jnp.zeros(1), "rng": jax.random.key(0)})
+
+
+def test_restore_follows_abstract_shardings(tmp_path):
+    mesh = jax.make_mesh((1,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    with hj.checkpoint.manager(tmp_path, async_save=False) as mgr:
+        hj.checkpoint.save(mgr, 0, {"w": jnp.arange(4.0)})
+        back, _ = hj.checkpoint.restore(mgr, {"w": jax.ShapeDtypeStruct((4,), jnp.float32, sharding=sharding)})
+        plain, _ = hj.checkpoint.restore(mgr, {"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+    assert back["w"].sharding == sharding and isinstance(plain["w"], jax.Array)
+    np.testing.assert_array_equal(back["w"], np.arange(4.0, dtype=np.float32))
