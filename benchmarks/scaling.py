@@ -83,7 +83,7 @@ def run(quick: bool, reps: tuple[int, int], batches: Sequence[Any], key: jax.Arr
         notes.append(f"{s['generator']} at N={s['target_params']:,} skipped: {s['reason']}.")
     notes.append("Memory: XLA memory_analysis() of the compiled step, peak ~ argument + output + temp - alias "
                  "(donated state aliases its output).")
-    pngs = plots(rows, out_dir, suffix)
+    pngs = plots(rows, out_dir, suffix, skipped)
     columns = [("generator", "generator"), ("target_params", "target params"), ("trainable_params", "hypernet params"),
                ("median_ms", "median ms"), ("compile_s", "compile s"), ("argument_mb", "argument MB"),
                ("output_mb", "output MB"), ("temp_mb", "temp MB"), ("alias_mb", "alias MB"), ("peak_mb", "peak MB")]
@@ -91,7 +91,7 @@ def run(quick: bool, reps: tuple[int, int], batches: Sequence[Any], key: jax.Arr
                    rows, columns, [], notes, skipped=skipped, pngs=pngs)
 
 
-def plots(rows: Sequence[dict], out_dir: str, suffix: str) -> list[str]:
+def plots(rows: Sequence[dict], out_dir: str, suffix: str, skipped: Sequence[dict] = ()) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,6 +107,10 @@ def plots(rows: Sequence[dict], out_dir: str, suffix: str) -> list[str]:
             pts = [(r["target_params"], r[key]) for r in rows if r["generator"] == kind and r[key] is not None]
             if pts:
                 ax.loglog(*zip(*pts), marker=marker, label=f"{kind} generator")
+        gone = [s["target_params"] for s in skipped if s["generator"] == "dense"]
+        if gone:
+            ax.text(0.98, 0.03, f"dense skipped at N >= {min(gone):.0e}:\noutput layer > {DENSE_CAP:.1e} params",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="tab:blue")
         ax.set_xlabel("target parameters")
         ax.set_ylabel(ylabel)
         ax.set_title(f"hyperjax training step: {ylabel.split(' (')[0]}")

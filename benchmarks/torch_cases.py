@@ -105,6 +105,15 @@ ADAM_LABELS = {"fused": "Adam(fused=True)", "default": "Adam() default",
                "default+ftz": "Adam() default + set_flush_denormal(True)"}
 
 
+def _quiet(build: Callable[[], Any]) -> Any:
+    """Call `build()` with stdout silenced (hypnettorch prints a summary for every network it makes)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return build()
+
+
 def _train_entries(prefix: str, make: Callable[[], tuple[list[torch.nn.Parameter], Callable[[], torch.Tensor]]],
                    runner: Runner, variants: Sequence[str], lr: float = 1e-3) -> list[dict]:
     """One entry per Adam variant, each on a fresh model: `loss = loss_fn(); backward; Adam step`.
@@ -118,7 +127,7 @@ def _train_entries(prefix: str, make: Callable[[], tuple[list[torch.nn.Parameter
         if ftz and runner.device.type != "cpu":
             continue
         torch.manual_seed(0)
-        params, loss_fn = make()
+        params, loss_fn = _quiet(make)
         opt = torch.optim.Adam(params, lr=lr, **ADAM_VARIANTS[variant.split("+")[0]])
         last = [float("nan")]
 

@@ -147,6 +147,11 @@ def test_render_markdown(smoke, tmp_path):
     assert "## CPU" in open(path).read() and "## GPU" not in open(path).read()
 
 
+def test_walk_finds_nested_numbers():
+    found = dict(run_all._walk({"a": {"speedup": 6.5, "ok": True}, "b": [1], "c": 2}))
+    assert found == {"a.speedup": 6.5, "c": 2.0}
+
+
 @pytest.mark.parametrize("n", [10_000, 100_000, 1_000_000, 10_000_000])
 def test_scaling_width_hits_target_size(n):
     w = scaling.width_for(n)
