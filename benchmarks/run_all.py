@@ -573,6 +573,12 @@ def case_compile_depth(ctx: Context) -> dict[str, Any]:
             lib_note = f"hyperjax per_layer exists but building its step failed: {e!r}"[:400]
     if lib_note:
         notes.append(lib_note)
+        saved = os.path.join(_common.RESULTS_DIR, "compile_depth.json")
+        if os.path.exists(saved):  # the structured-generators benchmark's own figures, quoted as such
+            with open(saved) as f:
+                quoted = {k: v for k, v in _walk(json.load(f)) if "ratio" in k.lower() or k.lower().endswith("_s")}
+            notes.append("Quoted from benchmarks/results/compile_depth.json (its own run, not this one): "
+                         + ", ".join(f"{k} {v:.3g}" for k, v in list(quoted.items())[:12]) + ".")
     for r in rows:
         base = next(b for b in rows if b["impl"] == r["impl"] and b["variant"] == r["variant"] and b["depth"] == depths[0])
         r["ratio"] = r["total_s"] / base["total_s"]
@@ -820,10 +826,12 @@ def make_config(quick: bool, warmup: int | None, repeats: int | None) -> dict[st
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    jax.config.update("jax_platforms", "cuda" if args.device == "gpu" else "cpu")
+    if args.device == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+    elif jax.default_backend() != "gpu":  # JAX picks a GPU by default when it has one
+        raise SystemExit(f"--device gpu: JAX sees no GPU (backend {jax.default_backend()!r}; install "
+                         "jax[cuda12]); nothing was run.")
     jax.config.update("jax_default_matmul_precision", "float32")  # no TF32 on GPU; torch's default too
-    if args.device == "gpu" and jax.default_backend() != "gpu":
-        raise SystemExit("--device gpu: JAX sees no GPU (install jax[cuda12]); nothing was run.")
     cfg = make_config(args.quick, args.warmup, args.repeats)
     torch_mod, torch_note = load_torch(args.no_torch, args.device)
     ctx = Context(cfg, args.quick, args.device, torch_mod, torch_note, args.out_dir)
