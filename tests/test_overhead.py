@@ -103,3 +103,18 @@ def test_step_key_is_fold_in_of_the_step_count(jit):
     assert len(set(us)) == 3 and int(state.step) == 3
     np.testing.assert_array_equal(jax.random.key_data(state.rng), jax.random.key_data(base))
     assert math.isclose(float(jnp.sum(state.params)), 3 * 0.8 ** 3, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_state_without_key_passes_rng_none(jit):
+    seen = []
+
+    def loss_fn(w, batch, rng):
+        seen.append(rng)
+        return jnp.sum(w ** 2)
+
+    state = hj.training.init_state(jnp.ones(3), optax.sgd(0.1))
+    assert state.rng is None and jax.tree.leaves(state.rng) == []
+    state, _ = hj.training.make_step(loss_fn, optax.sgd(0.1), jit=jit)(state, None)
+    assert seen and all(r is None for r in seen) and state.rng is None
+    np.testing.assert_allclose(state.params, 0.8 * np.ones(3), rtol=1e-6)

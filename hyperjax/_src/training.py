@@ -31,15 +31,19 @@ class TrainState(NamedTuple):
     step: Array        # int32[]
     params: Any        # hparams (generator, embeddings, hparams["direct"]) or any trainable pytree
     opt_state: Any
-    rng: Array         # base PRNG key; step t draws fold_in(rng, t), so a loss that ignores rng costs nothing
+    rng: Array | None  # base PRNG key, step t draws fold_in(rng, t); None: no randomness, loss_fn gets None
 
 
-def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKey) -> TrainState:
-    """Step 0 state. Params and key are copied, so a donating step never invalidates the caller's arrays."""
+def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKey | None = None) -> TrainState:
+    """Step 0 state. Params and key are copied, so a donating step never invalidates the caller's arrays.
+
+    key=None keeps no PRNG key in the state (loss_fn then receives rng=None): for deterministic losses it
+    saves passing a key through every jitted step (a typed key costs ~5-30 us of dispatch per step on CPU).
+    """
     params = jax.tree.map(jnp.copy, params)
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
-    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, jnp.copy(key))
+    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, None if key is None else jnp.copy(key))
 
 
 def labels(params: Any, rules: Sequence[tuple[str, str]] = DEFAULT_RULES) -> Any:
@@ -107,7 +111,7 @@ def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformati
     `jax.random.fold_in(state.rng, state.step)`, so it is dead code (free) when loss_fn ignores rng.
     """
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        step_rng = jax.random.fold_in(state.rng, state.step)
+        step_rng = None if state.rng is None else jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
         out, grads = grad_fn(state.params, batch, step_rng)
         loss, aux = out if has_aux else (out, {})
