@@ -140,7 +140,7 @@ def plot(curves: dict, path: str, title: str) -> str:
     for ax in (ax_l, ax_a):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.03)
     path = _common.savefig(fig, path)
     plt.close(fig)
     return path
