@@ -122,7 +122,7 @@ def hyperjax_step(gen: hj.HyperNetwork, spec: hj.TargetSpec, key: jax.Array, don
 
     opt = optax.adam(LR)
     step = hj.training.make_step(loss_fn, opt, donate=donate, grad_norm=grad_norm)
-    return step, hj.training.init_state(gen.init(key), opt, key)
+    return step, hj.training.init_state(gen.init(key), opt, None)  # deterministic loss: no PRNG key in the state
 
 
 def split_by_paths(spec: hj.TargetSpec, flat: jax.Array) -> dict[str, jax.Array]:
