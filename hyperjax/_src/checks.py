@@ -84,7 +84,7 @@ def no_match(where: Any, available: Sequence[str], who: str) -> ValueError:
 
 
 def tree_matches(params: Any, leaves: Mapping[str, jax.ShapeDtypeStruct], treedef: Any, who: str,
-                 hint: str = "") -> None:
+                 hint: str = "", what: str = "params") -> None:
     """`params` must have exactly the spec's leaf paths, shapes and dtypes.
 
     Raises a ValueError naming missing and unexpected paths, or the first leaf whose shape or dtype
@@ -102,10 +102,10 @@ def tree_matches(params: Any, leaves: Mapping[str, jax.ShapeDtypeStruct], treede
             parts.append("unexpected: " + ", ".join(unexpected[:20]))
         if not parts:
             parts.append("same leaf paths in a different order or container type")
-        raise ValueError(f"hyperjax.{who}: params tree does not match the target ({'; '.join(parts)}).{hint}")
+        raise ValueError(f"hyperjax.{who}: {what} tree does not match the target ({'; '.join(parts)}).{hint}")
     got_def = jax.tree_util.tree_structure(params)
     if got_def != treedef:
-        raise ValueError(f"hyperjax.{who}: params tree has the target's leaf paths but different containers "
+        raise ValueError(f"hyperjax.{who}: {what} tree has the target's leaf paths but different containers "
                          f"(e.g. a list where a tuple or a module was expected): got {got_def}, "
                          f"expected {treedef}.{hint}")
     for (path, leaf) in got:

@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from hyperjax._src import checks
 from hyperjax._src import paths as _paths
@@ -119,7 +118,9 @@ class TargetSpec:
                                  "apply(params, state, *args) -> (output, new_state).")
             state = abstract(self.abstract_state)
             checks.tree_matches(args[0], dict(_paths.leaves_with_paths(state)),
-                                jax.tree_util.tree_structure(state), "TargetSpec.apply(state)")
+                                jax.tree_util.tree_structure(state), "TargetSpec.apply", what="state",
+                                hint=" This spec threads non-parameter state: call apply(params, state, *args) "
+                                     "-> (output, new_state), with state from spec.init_state(key).")
         return self.apply_fn(params, *args, **kwargs)
 
     def init_state(self, key: PRNGKey) -> Any:
@@ -146,9 +147,15 @@ class TargetSpec:
         return jax.tree_util.tree_unflatten(self.treedef, [leaves[p] for p in self.leaves])
 
     def flatten(self, params: Params) -> Array:
-        """params -> f[size] vector (`jax.flatten_util.ravel_pytree`, leaves promoted to one dtype)."""
+        """params -> f[size] vector in path order, leaves cast to their common (standard-promotion) dtype.
+
+        Mixed dtypes (e.g. a bfloat16 kernel beside float32 biases) are cast explicitly, so this also works
+        under `jax_numpy_dtype_promotion="strict"`; `unflatten` casts each leaf back.
+        """
         self.check(params, who="TargetSpec.flatten")
-        return ravel_pytree(params)[0]
+        with jax.numpy_dtype_promotion("standard"):
+            dtype = jnp.result_type(*(l.dtype for l in self.leaves.values()))
+        return jnp.concatenate([jnp.ravel(l).astype(dtype) for l in jax.tree.leaves(params)])
 
     def unflatten(self, flat: Array, paths: Sequence[str] | None = None) -> Any:
         """f[n] vector -> params (or {path: leaf} for a subset of `paths`), each leaf cast to its dtype."""

@@ -16,7 +16,10 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
 
     The graph is split once; `apply(params, *args)` merges it again, so the module stays untouched.
     Paths look like 'linear1/kernel' or 'layers/0/kernel'. Non-parameter state other than RNG streams
-    (e.g. `nnx.BatchStat`) raises. `init(key)` calls `factory(nnx.Rngs(key))` when given, else draws
+    (e.g. `nnx.BatchStat`) raises. RNG streams stored in the module (e.g. `nnx.Dropout(rngs=...)`) are
+    frozen at their build-time value, so apply is pure and every call draws the same keys; pass fresh ones
+    per call, e.g. `spec.apply(params, x, rngs=nnx.Rngs(key))` when the module forwards `rngs`, or call
+    with `deterministic=True`. `init(key)` calls `factory(nnx.Rngs(key))` when given, else draws
     LeCun-normal kernels and small uniform vectors (`TargetSpec.init_moments`).
     """
     from flax import nnx
@@ -37,7 +40,9 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
     def apply_fn(params: Any, *args: Any, **kwargs: Any) -> Any:
         state = jax.tree.map(lambda x: x, param_state)
         state.replace_by_pure_dict(params)
-        return nnx.merge(graphdef, state, rest)(*args, **kwargs)
+        # fresh copies of the other variables too (RNG counters): a call never mutates the captured state,
+        # so apply is pure and works under jit (the counters would otherwise leak tracers out of the trace)
+        return nnx.merge(graphdef, state, jax.tree.map(lambda x: x, rest))(*args, **kwargs)
 
     init_fn = None
     if factory is not None:
