@@ -110,13 +110,25 @@ def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformati
     ~20% of the step of a small model (benchmarks/overhead.py). The step key is
     `jax.random.fold_in(state.rng, state.step)`, so it is dead code (free) when loss_fn ignores rng.
     """
+    def checked_loss(params: Any, batch: Any, rng: Any) -> Any:
+        out = loss_fn(params, batch, rng)
+        if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("hyperjax.training.make_step: with has_aux=True, loss_fn must return (loss, aux), "
+                             "got a single value; return a pair or pass has_aux=False.")
+        if not has_aux and isinstance(out, tuple):
+            raise ValueError("hyperjax.training.make_step: loss_fn returned a tuple; for (loss, aux) pass "
+                             "has_aux=True.")
+        loss = out[0] if has_aux else out
+        if jnp.ndim(loss) != 0:
+            raise ValueError(f"hyperjax.training.make_step: loss_fn must return a scalar loss, got shape "
+                             f"{tuple(jnp.shape(loss))}.")
+        return out
+
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         step_rng = None if state.rng is None else jax.random.fold_in(state.rng, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+        grad_fn = jax.value_and_grad(checked_loss, has_aux=has_aux)
         out, grads = grad_fn(state.params, batch, step_rng)
         loss, aux = out if has_aux else (out, {})
-        if jnp.ndim(loss) != 0:
-            raise ValueError(f"hyperjax.training.make_step: loss_fn must return a scalar, got shape {jnp.shape(loss)}.")
         with jax.numpy_dtype_promotion("standard"):   # optax mixes Python floats with int32 step counters
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)

@@ -14,6 +14,8 @@ from hyperjax._src.generators import common
 from hyperjax._src.spec import TargetSpec
 from hyperjax._src.types import HyperNetwork
 
+_N_CALIBRATION = 16   # unit-normal conds averaged to scale the output layer at init
+
 
 def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | None = None,
             chunk_emb_dim: int = 8, *, hidden: int | Sequence[int] = (100,), num_conds: int | None = None,
@@ -30,14 +32,16 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
       chunk_size: scalars emitted per chunk (> 0).
       chunk_emb_dim: size of each learned chunk embedding (hparams["chunk_emb"]: f[n_chunks, chunk_emb_dim]).
       init: "hyperfan_in" / "hyperfan_out". The output layer is shared by chunks that straddle leaves, so
-        it is initialised (from the initial chunk embeddings, at cond = 0) for unit output variance, and
+        it is initialised (from the initial chunk embeddings and 16 unit-normal conds drawn from the init
+        key, like learned cond embeddings) for unit output variance, and
         each leaf gets a fixed per-leaf affine map (mean_l + std_l * raw) to the variance a fan-in
         (fan-out) init gives it.
       center: subtract the mean over chunks of the last hidden features before the output layer. Without
         it the component all chunks share (ReLU features are positive) repeats with period chunk_size in
         every leaf: at init the generated kernels of a 64-256-256-10 MLP then have 4-8x the spectral norm
         and 10-50x the logit scale of a standard init. The output bias still gives a learned common part.
-        Ignored when hidden=() (centring the input would remove the conditioning).
+        Ignored when hidden=() (centring the input would remove the conditioning) and when there is a
+        single chunk (the centred features would be zero: every output would be the output bias).
 
     Generator parameters: n_chunks * chunk_emb_dim + MLP with sizes (cond_dim + chunk_emb_dim, *hidden, chunk_size).
     """
@@ -53,6 +57,7 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
     n_out = sum(math.prod(target.leaves[p].shape) for p in paths)
     n_chunks = -(-n_out // chunk_size)
     sizes = (cond.cond_dim + chunk_emb_dim, *hidden, chunk_size)
+    center = center and bool(hidden) and n_chunks > 1
 
     def features(mlp, c, chunk_emb):
         """Last hidden features f[n_chunks, d_k] for cond vector c (centred over chunks if `center`)."""
@@ -60,15 +65,19 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
             x = jnp.concatenate([c, emb])
             return activation(common.mlp_apply(mlp[:-1], x, activation)) if len(mlp) > 1 else x
         h = jax.vmap(one_chunk)(chunk_emb)
-        return h - jnp.mean(h, axis=0, keepdims=True) if center and len(mlp) > 1 else h
+        return h - jnp.mean(h, axis=0, keepdims=True) if center else h
 
     def core_init(key):
-        k_emb, k_mlp = jax.random.split(key)
+        k_emb, k_mlp, k_cal = jax.random.split(key, 3)
         chunk_emb = jax.random.normal(k_emb, (n_chunks, chunk_emb_dim), dtype)
         mlp = common.mlp_init(k_mlp, sizes, dtype, out_std=1.0)
-        # data-dependent hyperfan: scale the output layer so raw outputs have unit variance at cond = 0
-        h = features(mlp, jnp.zeros((cond.cond_dim,), dtype), chunk_emb)
-        second_moment = jnp.maximum(jnp.mean(jnp.sum(h * h, axis=1)), 1e-12)
+        # data-dependent hyperfan: scale the output layer so raw outputs have unit variance over chunks and
+        # over unit-normal conds (the distribution of learned cond embeddings; `dense` assumes the same)
+        def moment(c):
+            h = features(mlp, c, chunk_emb)
+            return jnp.mean(jnp.sum(h * h, axis=1))
+        cal = jax.random.normal(k_cal, (_N_CALIBRATION, cond.cond_dim), dtype)
+        second_moment = jnp.maximum(jnp.mean(jax.lax.map(moment, cal)), 1e-12)
         mlp[-1]["w"] = mlp[-1]["w"] * jax.lax.rsqrt(second_moment).astype(dtype)
         return {"chunk_emb": chunk_emb, "mlp": mlp}
 

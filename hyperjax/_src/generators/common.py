@@ -114,7 +114,10 @@ class Conditioning(NamedTuple):
             checks.cond_vector(cond, self.cond_dim, who)
             return cond
         checks.cond_index(cond, self.num_conds, who)
-        return hparams["cond_emb"][cond]
+        # a traced id cannot be checked: out-of-range (and negative) ids give NaN rows instead of being
+        # clamped or wrapped silently to a valid embedding
+        idx = jnp.where(cond >= 0, cond, self.num_conds)
+        return jnp.take(hparams["cond_emb"], idx, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 def conditioning(cond_dim: Any, num_conds: Any, who: str) -> Conditioning:
