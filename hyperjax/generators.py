@@ -2,6 +2,11 @@
 
 from hyperjax._src.generators.chunked import chunked
 from hyperjax._src.generators.dense import dense
+from hyperjax._src.generators.low_rank import low_rank
+from hyperjax._src.generators.modulation import (LowRankFactors, Modulated, modulated_matmul, ScaleFactors,
+                                                 scale_modulation)
 from hyperjax._src.generators.partial import partial
+from hyperjax._src.generators.per_layer import per_layer, per_layer_param_count
 
-__all__ = ["chunked", "dense", "partial"]
+__all__ = ["chunked", "dense", "partial", "per_layer", "per_layer_param_count", "low_rank", "scale_modulation",
+           "Modulated", "LowRankFactors", "ScaleFactors", "modulated_matmul"]

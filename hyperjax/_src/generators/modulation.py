@@ -1,0 +1,265 @@
+"""Generated weights as conditioned modulations of a shared, learned base W0 (one per selected matrix).
+
+Two kinds, each with a materialising path (`apply(hparams, cond)` -> full params, like every generator)
+and a factorised path (`factors(hparams, conds)` + `modulated_matmul`) that never builds a per-example
+weight matrix:
+
+* low rank (`low_rank.py`):   W(c) = W0 + U diag(s(c)) V^T,     s(c) = MLP(c): f[rank]
+* scale (`scale_modulation`): W(c) = W0 * (a(c) b(c)^T)  ("rowcol"), W0 * a(c)[:, None] ("row"),
+                              W0 * b(c)[None, :] ("col"),  a, b = MLP(c)
+
+One MLP maps the conditioning vector to every modulation vector of every selected leaf. W0 starts as the
+target's own init of that leaf; U, V (low rank) are learned and shared by all conditions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperjax._src import checks
+from hyperjax._src import paths as _paths
+from hyperjax._src.generators import common
+from hyperjax._src.spec import TargetSpec
+from hyperjax._src.types import Array, HParams, HyperNetwork, PRNGKey
+
+SCALE_MODES = ("rowcol", "row", "col")
+
+
+class LowRankFactors(NamedTuple):
+    """x @ W(c) = x @ base + ((x @ u) * s) @ v.T, all in "x @ W" orientation (W: f[n_in, n_out]).
+
+    base: f[n_in, n_out]; u: f[n_in, rank]; v: f[n_out, rank]; s: f[..., rank] (one row per example).
+    For out_in targets (Equinox, PyTorch: stored W is (out, in)) base is the stored W0 transposed and u, v
+    are the stored V, U.
+    """
+
+    base: Array
+    u: Array
+    s: Array
+    v: Array
+
+
+class ScaleFactors(NamedTuple):
+    """x @ W(c) = ((x * scale_in) @ base) * scale_out, in "x @ W" orientation (W: f[n_in, n_out]).
+
+    base: f[n_in, n_out]; scale_in: f[..., n_in] or None; scale_out: f[..., n_out] or None.
+    """
+
+    base: Array
+    scale_in: Array | None
+    scale_out: Array | None
+
+
+class Modulated(HyperNetwork):
+    """A `HyperNetwork(init, apply)` over a shared base, plus the factorised path `factors`.
+
+    init(key) -> hparams; apply(hparams, cond) -> params (materialised weights, one condition).
+    factors(hparams, cond) -> a tree shaped like the target's params in which every modulated leaf is a
+      LowRankFactors / ScaleFactors and every other leaf is its ordinary parameter (hparams["direct"]).
+      cond: f[cond_dim] (one condition) or f[B, cond_dim] (one per example; int ids: () or (B,)); the
+      per-example parts (s, scale_in, scale_out) get the same leading axes, the base is shared.
+      Feed them to `hyperjax.generators.modulated_matmul(x, factors)`.
+    """
+
+    def __new__(cls, init: Callable, apply: Callable, factors: Callable) -> "Modulated":
+        self = super().__new__(cls, init, apply)
+        self.factors = factors
+        return self
+
+
+def modulated_matmul(x: Array, w: Any) -> Array:
+    """x @ W for a plain kernel f[n_in, n_out], or for LowRankFactors / ScaleFactors without materialising W.
+
+    x: f[..., n_in]; the per-example parts of the factors must have the same leading axes as x (f[B, rank]
+    for x: f[B, n_in]; f[rank] for a single x: f[n_in], e.g. inside jax.vmap). Returns f[..., n_out].
+    Cost per example: low rank O(n_in n_out + rank (n_in + n_out)) on top of one shared x @ base.
+    """
+    who = "generators.modulated_matmul"
+    if isinstance(w, LowRankFactors):
+        checks.batch_prefix(jnp.shape(x), jnp.shape(w.s), w.base.shape[0], "low-rank scales `s`", who)
+        return x @ w.base + ((x @ w.u) * w.s) @ w.v.T
+    if isinstance(w, ScaleFactors):
+        if w.scale_in is not None:
+            checks.batch_prefix(jnp.shape(x), jnp.shape(w.scale_in), w.base.shape[0], "input scales", who)
+            x = x * w.scale_in
+        y = x @ w.base
+        if w.scale_out is not None:
+            checks.batch_prefix(jnp.shape(y), jnp.shape(w.scale_out), w.base.shape[1], "output scales", who)
+            y = y * w.scale_out
+        return y
+    if jnp.ndim(w) != 2 or jnp.shape(x)[-1:] != jnp.shape(w)[:1]:
+        raise ValueError(f"hyperjax.{who}: expected x f[..., n_in] and a kernel f[n_in, n_out] (or factors "
+                         f"from Modulated.factors), got x {tuple(jnp.shape(x))} and w {tuple(jnp.shape(w))}.")
+    return x @ w
+
+
+# ---------------------------------------------------------------- shared builder
+class Leaf(NamedTuple):
+    """A modulated matrix: stored shape (rows, cols); n_in/n_out in x @ W orientation."""
+
+    path: str
+    rows: int
+    cols: int
+    transposed: bool    # out_in layout: stored (n_out, n_in)
+    std: float          # the leaf's init std (hyperfan-in), the scale of the modulation at init
+
+    @property
+    def n_in(self) -> int:
+        return self.cols if self.transposed else self.rows
+
+    @property
+    def n_out(self) -> int:
+        return self.rows if self.transposed else self.cols
+
+
+class Kind(NamedTuple):
+    """What distinguishes one modulation from another (see low_rank.py and scale_modulation below)."""
+
+    name: str
+    extra: tuple[str, ...]                                          # names of per-leaf params (e.g. "u", "v")
+    n_mod: Callable[[Leaf], int]                                    # MLP outputs per leaf
+    out_moments: Callable[[Leaf], tuple[float, float]]              # (mean, std) of those outputs at init
+    leaf_init: Callable[[PRNGKey, Leaf], dict[str, Array]]          # extra per-leaf params (U, V)
+    materialise: Callable[[Array, dict[str, Array], Array, Leaf], Array]     # (W0, extra, m f[k]) -> W
+    factors: Callable[[Array, dict[str, Array], Array, Leaf], Any]           # (W0, extra, m f[..., k]) -> F
+
+
+def matrix_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
+    """`where` (None: every 2-D leaf) -> paths, each checked to be 2-D."""
+    if where is None:
+        common.generated_paths(target, None, who)          # type check of `target`
+        chosen = tuple(p for p, l in target.leaves.items() if len(l.shape) == 2)
+        if not chosen:
+            raise ValueError(f"hyperjax.{who}: the target has no 2-D leaf to modulate; its leaves are "
+                             + ", ".join(f"{p} {tuple(l.shape)}" for p, l in target.leaves.items()) + ".")
+        return chosen
+    chosen = common.generated_paths(target, where, who)
+    for p in chosen:
+        checks.matrix_leaf(p, tuple(target.leaves[p].shape), who, who.rsplit(".", 1)[-1])
+    return chosen
+
+
+def build(target: TargetSpec, cond_dim: Any, *, kind: Kind, where: Any, hidden: Any, num_conds: Any,
+          activation: Callable[[Array], Array], dtype: Any, who: str) -> Modulated:
+    """The machinery both kinds share: conditioning, the modulation MLP, the base, both paths."""
+    paths = matrix_paths(target, where, who)
+    cond = common.conditioning(cond_dim, num_conds, who)
+    hidden = checks.positive_ints(hidden, "hidden", who)
+    _, std = common.leaf_moments(target, paths, "hyperfan_in", who)
+    leaves = [Leaf(p, *target.leaves[p].shape, target.layout == "out_in", float(s)) for p, s in zip(paths, std)]
+    counts = [kind.n_mod(l) for l in leaves]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    sizes = (cond.cond_dim, *hidden, int(offsets[-1]))
+    d_k = sizes[-2]
+    moments = [kind.out_moments(l) for l in leaves]
+    out_mean = np.repeat([m for m, _ in moments], counts).astype(np.float32)
+    out_std = (np.repeat([s for _, s in moments], counts) / math.sqrt(d_k)).astype(np.float32)
+
+    def core_init(key: PRNGKey) -> dict[str, Any]:
+        k_base, k_mlp, k_extra = jax.random.split(key, 3)
+        w0 = dict(_paths.leaves_with_paths(target.init(k_base)))
+        out: dict[str, Any] = {"base": _paths.nest({p: jnp.asarray(w0[p], dtype) for p in paths}),
+                               "mlp": common.mlp_init(k_mlp, sizes, dtype, out_std=out_std,
+                                                      out_mean=out_mean if out_mean.any() else 0.0)}
+        extra = {l.path: kind.leaf_init(k, l) for k, l in zip(jax.random.split(k_extra, len(leaves)), leaves)}
+        for name in kind.extra:
+            out[name] = _paths.nest({p: e[name] for p, e in extra.items()})
+        return out
+
+    def parts(hparams: HParams) -> tuple[dict[str, Array], dict[str, dict[str, Array]]]:
+        base = _paths.unnest(checks.hparams_entry(hparams, "base", who, f"hyperjax.{who}"), paths)
+        tables = {n: _paths.unnest(checks.hparams_entry(hparams, n, who, f"hyperjax.{who}"), paths)
+                  for n in kind.extra}
+        extra = {p: {n: tables[n][p] for n in kind.extra} for p in paths}
+        return base, extra
+
+    def modulations(hparams: HParams, c: Array) -> list[Array]:
+        m = common.mlp_apply(hparams["mlp"], c.astype(dtype), activation)
+        return [m[..., int(a):int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def core_apply(hparams: HParams, c: Array) -> dict[str, Array]:
+        base, extra = parts(hparams)
+        out = {}
+        for l, m in zip(leaves, modulations(hparams, c)):
+            w = kind.materialise(base[l.path], extra[l.path], m, l)
+            out[l.path] = w.astype(target.leaves[l.path].dtype)
+        return out
+
+    assembled = common.assemble(target, paths, common.Core(core_init, core_apply), cond, dtype, who)
+    direct_paths = tuple(p for p in target.paths if p not in set(paths))
+    single_ndim = 0 if cond.num_conds is not None else 1
+
+    def factors(hparams: HParams, c: Array) -> Any:
+        """cond f[cond_dim] or f[B, cond_dim] (ids () or (B,)) -> params-shaped tree of factors."""
+        if jnp.ndim(c) == single_ndim + 1:                  # a batch: one row of modulations per example
+            mods = jax.vmap(lambda ci: modulations(hparams, cond.vector(hparams, ci, who)))(c)
+        else:
+            mods = modulations(hparams, cond.vector(hparams, c, who))
+        base, extra = parts(hparams)
+        out = {l.path: kind.factors(base[l.path], extra[l.path], m, l) for l, m in zip(leaves, mods)}
+        if direct_paths:
+            out.update(_paths.unnest(checks.hparams_entry(hparams, "direct", who, f"hyperjax.{who}"),
+                                     direct_paths))
+        return jax.tree_util.tree_unflatten(target.treedef, [out[p] for p in target.paths])
+
+    return Modulated(assembled.init, assembled.apply, factors)
+
+
+# ---------------------------------------------------------------- scale modulation
+def scale_modulation(target: TargetSpec, cond_dim: int | None = None, *, mode: str = "rowcol", where: Any = None,
+                     hidden: int | Sequence[int] = (32,), num_conds: int | None = None, init_scale: float = 0.1,
+                     activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+                     dtype: Any = jnp.float32) -> Modulated:
+    """W(c) = W0 * (a(c) b(c)^T) per selected matrix: FiLM-like row / column scaling of a shared base.
+
+    Args:
+      target: the TargetSpec; leaves not selected are ordinary params in hparams["direct"].
+      cond_dim: length of the conditioning vector (of the learned embedding per id with `num_conds`).
+      mode: "rowcol" (W0 * a b^T, a over rows, b over columns), "row" (W0 * a[:, None]) or "col"
+        (W0 * b[None, :]). Rows and columns are those of the stored leaf: for Flax / Haiku kernels
+        (in, out) "col" scales output units (FiLM's gamma) and "row" input features; for Equinox /
+        PyTorch weights (out, in) the other way round.
+      where: glob(s) or predicate choosing the modulated leaves, each 2-D; None: every 2-D leaf.
+      hidden: hidden widths of the MLP cond -> all scale vectors (() for a linear map).
+      init_scale: std of each scale around 1 at init (for unit-second-moment conditioning).
+      activation, dtype: of the MLP; generated leaves are cast to the target's dtypes.
+
+    hparams: {"base": {path parts: W0}, "mlp": [...], "direct": ..., ["cond_emb"]}; W0 starts as the
+    target's own init. Trainable: sum of W0 sizes + MLP (cond_dim, *hidden, K) with K = sum over leaves of
+    rows + cols ("rowcol"), rows ("row") or cols ("col").
+    apply(hparams, cond) -> params; factors(hparams, conds) -> ScaleFactors tree (see `Modulated`).
+    Raises ValueError for an unknown mode, cond_dim <= 0, or a selected leaf that is not 2-D.
+    """
+    who = "generators.scale_modulation"
+    mode = checks.one_of(mode, SCALE_MODES, "mode", who)
+    init_scale = checks.positive_float(init_scale, "init_scale", who)
+    use_rows, use_cols = mode in ("rowcol", "row"), mode in ("rowcol", "col")
+
+    def n_mod(l: Leaf) -> int:
+        return l.rows * use_rows + l.cols * use_cols
+
+    def split(m: Array, l: Leaf) -> tuple[Array | None, Array | None]:
+        a = m[..., :l.rows] if use_rows else None
+        b = m[..., l.rows * use_rows:] if use_cols else None
+        return a, b
+
+    def materialise(w0, extra, m, l):
+        a, b = split(m, l)
+        w = w0 if a is None else w0 * a[:, None]
+        return w if b is None else w * b[None, :]
+
+    def factors(w0, extra, m, l):
+        a, b = split(m, l)
+        if l.transposed:                       # stored (out, in): rows scale outputs, columns inputs
+            return ScaleFactors(w0.T, b, a)
+        return ScaleFactors(w0, a, b)
+
+    kind = Kind("scale", (), n_mod, lambda l: (1.0, init_scale), lambda key, l: {}, materialise, factors)
+    return build(target, cond_dim, kind=kind, where=where, hidden=hidden, num_conds=num_conds,
+                 activation=activation, dtype=dtype, who=who)

@@ -1,0 +1,253 @@
+"""Per-layer static hypernetwork (Ha, Dai & Le 2016): a learned embedding per layer (or per kernel block)
+goes through a two-stage linear generator to that layer's kernel.
+
+For a kernel K in R^{f x f x N_in x N_out} (Flax HWIO layout) and its embedding z in R^{N_z}:
+
+    a_i = W_i z + B_i               i = 1..N_in,   W_i: f[d, N_z], B_i: f[d]        (stage 1, per input slice)
+    K_i = W_out a_i + B_out         W_out: f[f*f*N_out, d], B_out: f[f*f*N_out]      (stage 2, shared)
+    K   = stack_i K_i               (K_i is the kernel slice of input channel i, reshaped to f x f x N_out)
+
+The generator's weights and biases number N_in (d N_z + d) + f f N_out (d + 1): 4,240 for the paper's
+7 x 7 x 16 x 16 MNIST kernel (12,544 weights) with N_z = d = 4. Large kernels can be tiled into blocks of
+(in_block x out_block) channels, each block with its own embedding, as the paper does for its ResNets
+(16 x 16 blocks of 3 x 3 kernels). All blocks (or layers) of equal block shape share one generator and are
+generated together by one batched contraction over their stacked embeddings, so the compiled program
+does not grow with the number of generated layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperjax._src import checks
+from hyperjax._src import paths as _paths
+from hyperjax._src.generators import common
+from hyperjax._src.spec import spec_from_params, TargetSpec
+from hyperjax._src.types import Array, HParams, HyperNetwork
+
+WHO = "generators.per_layer"
+MODES = ("auto", "conv", "dense")
+
+
+class _Leaf:
+    """How one generated leaf is cut into blocks: f[*stack, n_in_tiles, n_out_tiles, in_b, *spatial, out_b]."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], stack: tuple[int, ...], spatial: tuple[int, ...],
+                 n_in: int, n_out: int, in_b: int, out_b: int, layout: str):
+        self.path, self.shape, self.stack, self.spatial = path, shape, stack, spatial
+        self.n_it, self.n_ot, self.in_b, self.out_b = n_in // in_b, n_out // out_b, in_b, out_b
+        self.vector = len(shape) - len(stack) == 1           # a bias: one input slice (N_in = 1)
+        self.layout = layout
+        self.n_blocks = math.prod(stack) * self.n_it * self.n_ot
+
+    @property
+    def group(self) -> tuple[int, ...]:
+        return (*self.spatial, self.in_b, self.out_b)
+
+    def assemble(self, blocks: Array) -> Array:
+        """blocks f[n_blocks, in_b, prod(spatial) * out_b] -> the leaf, in the target's layout."""
+        s, k = len(self.stack), len(self.spatial)
+        g = blocks.reshape(*self.stack, self.n_it, self.n_ot, self.in_b, *self.spatial, self.out_b)
+        stack_ax = tuple(range(s))
+        it, ot, ib, ob = s, s + 1, s + 2, s + 3 + k
+        sp = tuple(range(s + 3, s + 3 + k))
+        if self.vector:
+            order = (*stack_ax, it, ib, ot, ob)
+        elif self.layout == "in_out":                        # (*spatial, in, out)
+            order = (*stack_ax, *sp, it, ib, ot, ob)
+        else:                                                # (out, in, *spatial)
+            order = (*stack_ax, ot, ob, it, ib, *sp)
+        return jnp.transpose(g, order).reshape(self.shape)
+
+
+def _view(target: TargetSpec, path: str, stack_axes: int, mode: str, block: tuple[int, int] | None) -> _Leaf:
+    """Split a leaf's shape into (stack, spatial, N_in, N_out) and check it fits `mode` and `block`."""
+    shape = tuple(target.leaves[path].shape)
+    checks.stacked_leaf(path, shape, stack_axes, WHO)
+    stack, kernel = shape[:stack_axes], shape[stack_axes:]
+    checks.kernel_ndim(path, shape, len(kernel), stack_axes, mode, WHO)
+    if len(kernel) == 1:
+        spatial, n_in, n_out = (), 1, kernel[0]
+    elif target.layout == "in_out":
+        spatial, n_in, n_out = kernel[:-2], kernel[-2], kernel[-1]
+    else:
+        spatial, n_in, n_out = kernel[2:], kernel[1], kernel[0]
+    if block is None:
+        in_b, out_b = n_in, n_out
+    else:
+        in_b, out_b = (1 if len(kernel) == 1 else block[0]), block[1]
+        checks.block_multiple(path, shape, "input channels N_in", n_in, "block[0]", in_b, WHO)
+        checks.block_multiple(path, shape, "output channels N_out", n_out, "block[1]", out_b, WHO)
+    return _Leaf(path, shape, stack, spatial, n_in, n_out, in_b, out_b, target.layout)
+
+
+def _unstacked_moments(target: TargetSpec, paths: tuple[str, ...], stack_axes: int, init: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-leaf (mean, std) of a hyperfan init computed on the leaves without their stacked axes."""
+    if stack_axes == 0:
+        return common.leaf_moments(target, paths, init, WHO)
+    one = {p: jax.ShapeDtypeStruct(tuple(l.shape)[stack_axes:], l.dtype) for p, l in target.leaves.items()
+           if len(l.shape) > stack_axes}
+    layer = spec_from_params(lambda params, *a: None, _paths.nest(one), layout=target.layout)
+    return common.leaf_moments(layer, paths, init, WHO)
+
+
+def per_layer(target: TargetSpec, cond_dim: int | None = None, *, where: Any = None, z_dim: int = 4, d: int = 4,
+              block: tuple[int, int] | None = None, stack_axes: int = 0, mode: str = "auto",
+              num_conds: int | None = None, init: str = "hyperfan_in",
+              activation: Callable[[Array], Array] | None = None, dtype: Any = jnp.float32) -> HyperNetwork:
+    """Ha et al.'s static hypernetwork: kernel (block) j = G(z_j) from a learned layer embedding z_j: f[z_dim].
+
+    Args:
+      target: the TargetSpec; leaves not matched by `where` are ordinary params in hparams["direct"].
+      cond_dim: None (default): static, as in the paper; apply(hparams) or apply(hparams, None). With an int,
+        every block is generated from [z_j, c] for a conditioning vector c: f[cond_dim] (or an integer id with
+        `num_conds`), so `jax.vmap(apply, in_axes=(None, 0))` gives per-example kernels.
+      where: glob(s) or `(path, leaf) -> bool` choosing the generated leaves, e.g. "Conv_1/kernel"; None: all.
+        Kernels are read as (*spatial, N_in, N_out) for in_out targets (Flax HWIO, Haiku) and
+        (N_out, N_in, *spatial) for out_in targets (Equinox, PyTorch); a 1-D leaf (a bias) is one input
+        slice (N_in = 1) of N_out values.
+      z_dim: N_z, the size of each layer (block) embedding, hparams[...]["layer_emb"] ~ N(0, 1).
+      d: width of the per-slice code a_i (stage 1 output, stage 2 input).
+      block: None: one embedding per layer. (in_block, out_block): tile every selected kernel into blocks of
+        in_block x out_block channels (full spatial size), each with its own embedding; N_in and N_out of
+        every selected leaf must be multiples (biases use (1, out_block)).
+      stack_axes: number of leading axes of each selected leaf that index stacked layers (1 for params made
+        by flax.linen.scan / nn.vmap or vmapped Equinox layers, shape (L, ...)): each index is one layer
+        with its own embedding. Fans for the init ignore these axes.
+      mode: "auto" (any kernel of rank >= 2, and 1-D biases), "conv" (4-D kernels only) or "dense" (2-D
+        only): a guard that raises naming the first leaf of another rank.
+      num_conds: with cond_dim, `cond` is an integer id in [0, num_conds) looked up in hparams["cond_emb"].
+      init: "hyperfan_in" / "hyperfan_out": at init each generated leaf has mean 0 (1 for norm scales) and
+        the variance a fan-in (fan-out) init gives it. Stage 1 is N(0, 1/(z_dim + cond_dim)), stage 2
+        N(0, 1/d), biases 0, so the raw output has unit variance; each leaf then gets a fixed (static) affine
+        map mean_l + std_l * raw, so blocks of one shape share a generator across leaves of different fans.
+      activation: None (default): the paper's linear generator. A function (e.g. jnp.tanh) is applied to
+        the per-slice codes a_i between the two stages.
+      dtype: of the generator and embeddings; generated leaves are cast to the target's dtypes.
+
+    Groups: selected leaves whose blocks have the same shape (spatial, in_block, out_block) share one
+    generator; blocks of other shapes get their own. hparams = {"per_layer": {"<block shape, e.g. 7x7x16x16>":
+    {"layer_emb": f[n_blocks, z_dim], "w_in": f[in_b, z_dim + cond_dim, d], "b_in": f[in_b, d],
+    "w_out": f[d, prod(spatial) * out_b], "b_out": f[prod(spatial) * out_b]}}, "direct": ...,
+    ["cond_emb"]}; `hj.training.labels` marks the layer embeddings "embedding".
+    Parameter count per group (weights and biases): in_b (d (z_dim + cond_dim) + d) + prod(spatial) out_b
+    (d + 1), plus n_blocks * z_dim embeddings.
+    apply(hparams, cond=None) -> params shaped like `target`.
+    Raises ValueError for z_dim <= 0, d <= 0, a bad `block`, `stack_axes` or `mode`, or a selected leaf of a
+    rank `mode` excludes, or whose channels `block` does not divide (naming the leaf).
+    """
+    paths = common.generated_paths(target, where, WHO)
+    z_dim = checks.positive_int(z_dim, "z_dim", WHO)
+    d = checks.positive_int(d, "d", WHO)
+    mode = checks.one_of(mode, MODES, "mode", WHO)
+    if isinstance(stack_axes, bool) or not isinstance(stack_axes, (int, np.integer)) or stack_axes < 0:
+        raise ValueError(f"hyperjax.{WHO}: `stack_axes` must be an int >= 0 (leading axes that index stacked "
+                         f"layers), got {stack_axes!r}.")
+    stack_axes = int(stack_axes)
+    if block is not None:
+        block = checks.positive_ints(block, "block", WHO)
+        if len(block) != 2:
+            raise ValueError(f"hyperjax.{WHO}: `block` must be a pair (in_block, out_block) of positive ints, "
+                             f"or None for one embedding per layer; got {block!r}.")
+    if cond_dim is None and num_conds is not None:
+        raise ValueError(f"hyperjax.{WHO}: `num_conds` needs `cond_dim` (the size of the learned embedding "
+                         f"per id).")
+    inner = None if cond_dim is None else common.conditioning(cond_dim, num_conds, WHO)
+    c_dim = 0 if inner is None else inner.cond_dim
+
+    views = [_view(target, p, stack_axes, mode, block) for p in paths]
+    if stack_axes:
+        checks.same_stack({v.path: v.stack for v in views}, stack_axes, WHO)
+    mean, std = _unstacked_moments(target, paths, stack_axes, init)
+    affine = {p: (float(m), float(s)) for p, m, s in zip(paths, mean, std)}
+    groups: dict[str, list[_Leaf]] = {}
+    for v in views:
+        groups.setdefault("x".join(str(n) for n in v.group), []).append(v)
+
+    def group_init(key, members: list[_Leaf]) -> dict[str, Array]:
+        first = members[0]
+        in_b, k_out = first.in_b, math.prod(first.spatial) * first.out_b
+        n = sum(m.n_blocks for m in members)
+        k_emb, k_in, k_out_ = jax.random.split(key, 3)
+        return {"layer_emb": jax.random.normal(k_emb, (n, z_dim), dtype),
+                "w_in": jax.random.normal(k_in, (in_b, z_dim + c_dim, d), dtype)
+                * jnp.asarray(1.0 / math.sqrt(z_dim + c_dim), dtype),
+                "b_in": jnp.zeros((in_b, d), dtype),
+                "w_out": jax.random.normal(k_out_, (d, k_out), dtype) * jnp.asarray(1.0 / math.sqrt(d), dtype),
+                "b_out": jnp.zeros((k_out,), dtype)}
+
+    def core_init(key):
+        keys = jax.random.split(key, len(groups))
+        return {"per_layer": {name: group_init(k, members) for k, (name, members) in zip(keys, groups.items())}}
+
+    def group_apply(g: dict[str, Array], c: Array | None, members: list[_Leaf]) -> dict[str, Array]:
+        z = g["layer_emb"]                                                   # f[n, z_dim]
+        a = jnp.einsum("nz,izd->nid", z, g["w_in"][:, :z_dim])               # stage 1: f[n, in_b, d]
+        if c is not None:                                                    # [z_j, c] without an n x c concat
+            a = a + jnp.einsum("c,icd->id", c.astype(dtype), g["w_in"][:, z_dim:])[None]
+        a = a + g["b_in"][None]
+        if activation is not None:
+            a = activation(a)
+        k = jnp.einsum("nid,dk->nik", a, g["w_out"]) + g["b_out"][None, None]  # stage 2: f[n, in_b, ff*out_b]
+        out, start = {}, 0
+        for m in members:
+            leaf = m.assemble(k[start:start + m.n_blocks])
+            start += m.n_blocks
+            mu, sd = affine[m.path]
+            leaf = leaf * jnp.asarray(sd, leaf.dtype)
+            if mu:
+                leaf = leaf + jnp.asarray(mu, leaf.dtype)
+            out[m.path] = leaf.astype(target.leaves[m.path].dtype)
+        return out
+
+    def core_apply(hparams, c):
+        tables = checks.hparams_entry(hparams, "per_layer", WHO, "hyperjax.generators.per_layer")
+        out = {}
+        for name, members in groups.items():
+            if name not in tables:
+                raise ValueError(f"hyperjax.{WHO}: hparams['per_layer'] has no group {name!r} (blocks of shape "
+                                 f"{name}); pass the hparams made by this generator's init(key).")
+            out.update(group_apply(tables[name], c, members))
+        return out
+
+    class _Cond:
+        def init(self, key, dtype_):
+            return {} if inner is None else inner.init(key, dtype_)
+
+        def vector(self, hparams, c, who):
+            if inner is None:
+                checks.no_cond(c, who)
+                return None
+            return inner.vector(hparams, c, who)
+
+    assembled = common.assemble(target, paths, common.Core(core_init, core_apply), _Cond(), dtype, WHO)
+
+    def apply(hparams: HParams, cond: Array | None = None) -> Any:
+        """cond: None (static) or f[cond_dim] / an int id (with cond_dim) -> params shaped like `target`."""
+        return assembled.apply(hparams, cond)
+
+    return HyperNetwork(assembled.init, apply)
+
+
+def per_layer_param_count(kernel_shape: tuple[int, ...], *, z_dim: int = 4, d: int = 4, cond_dim: int = 0,
+                          layout: str = "in_out", num_blocks: int = 0) -> int:
+    """Weights and biases of one per_layer generator for blocks of `kernel_shape` (e.g. (7, 7, 16, 16)).
+
+    in_b (d (z_dim + cond_dim) + d) + prod(spatial) out_b (d + 1); num_blocks > 0 adds num_blocks * z_dim
+    embeddings. per_layer_param_count((7, 7, 16, 16), z_dim=4, d=4) == 4240 (Ha et al.'s MNIST figure).
+    """
+    shape = tuple(kernel_shape)
+    if len(shape) == 1:
+        spatial, n_in, n_out = (), 1, shape[0]
+    elif layout == "in_out":
+        spatial, n_in, n_out = shape[:-2], shape[-2], shape[-1]
+    else:
+        spatial, n_in, n_out = shape[2:], shape[1], shape[0]
+    return int(n_in * (d * (z_dim + cond_dim) + d) + math.prod(spatial) * n_out * (d + 1) + num_blocks * z_dim)
