@@ -273,3 +273,11 @@ def same_stack(stacks: Mapping[str, Sequence[int]], stack_axes: int, who: str) -
         raise ValueError(f"hyperjax.{who}: with stack_axes={stack_axes} every selected leaf must have the same "
                          f"leading layer axes, got {shown}. Select only the stacked (scanned) layers with "
                          f"`where`, e.g. where='ScanBlock_0/*'.")
+
+
+def decoder_features(path: str, shape: Sequence[int], axis: int, d: int, enc_path: str, who: str) -> None:
+    """A generated decoder kernel must have the encoder's D features along its output axis."""
+    if shape[axis] != d:
+        raise ValueError(f"hyperjax.{who}: `decoder` leaf '{path}' {tuple(shape)} must have D={d} features (one per "
+                         f"row of '{enc_path}') along axis {axis}, got {shape[axis]}. The decoder maps the hidden "
+                         f"layer back to the inputs: (H_dec, D) for in_out targets, (D, H_dec) for out_in.")

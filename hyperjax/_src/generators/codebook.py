@@ -1,0 +1,237 @@
+"""Codebook soft weight sharing: every weight slot is a learned soft choice among K shared values.
+
+w_i = softmax(A_i / tau) . v, with per-slot logits A_i: f[K] and codebook values v: f[K], trained jointly.
+As tau -> 0 (annealed at apply time, no recompiling) each slot commits to one value; `codebook_export`
+then replaces the soft choice by the argmax, so the selected leaves hold at most K distinct values
+(a K-entry table plus a log2(K)-bit index per weight). Regularisers: `codebook_entropy` (mean row
+entropy: push each slot to one value) and `codebook_usage_kl` (KL from the mean assignment to a prior).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperjax._src import checks
+from hyperjax._src import paths as _paths
+from hyperjax._src.generators import common
+from hyperjax._src.spec import TargetSpec
+from hyperjax._src.types import Array, HParams, HyperNetwork, Params
+
+WHO = "generators.codebook"
+_SHARPNESS = 2.0   # init logits: a slot at half a median codebook spacing from its nearest value gets p ~ 0.88
+
+
+class _Temperature:
+    """Conditioning for `assemble`: cond is the temperature tau (a floating scalar) or None for the default."""
+
+    def __init__(self, tau: float):
+        self.tau = tau
+
+    def init(self, key, dtype):
+        return {}
+
+    def vector(self, hparams: HParams, c: Any, who: str) -> Array:
+        if c is None:
+            return jnp.asarray(self.tau, jnp.float32)
+        checks.temperature(c, who)
+        return c
+
+
+def codebook(target: TargetSpec, *, num_values: int, where: Any = None, tau: float = 1.0, shared: bool = True,
+             init: str = "hyperfan_in", dtype: Any = jnp.float32) -> HyperNetwork:
+    """Soft weight sharing: each scalar of the selected leaves is softmax(A_i / tau) . v.
+
+    Args:
+      target: the TargetSpec; leaves not matched by `where` are ordinary params in hparams["direct"].
+      num_values: K, the number of shared values.
+      where: glob(s) or `(path, leaf) -> bool` choosing the shared leaves (e.g. "*/kernel"); None: all.
+      tau: default temperature (> 0), used when apply's cond is None.
+      shared: True (default): one codebook v: f[K] for all selected leaves, so the exported model holds
+        at most K distinct values in total. False: one codebook per leaf (hparams["codebook"]["values"]
+        nested by path), at most K distinct values per leaf.
+      init: "hyperfan_in" / "hyperfan_out". A reference weight w0 is drawn per slot with the variance a
+        fan-in (fan-out) init gives its leaf; v starts at the K quantiles (k + 1/2) / K of all w0 of its
+        codebook, and A_ik = -(w0_i - v_k)^2 / (2 s^2) with s = median codebook spacing / 2, a soft
+        nearest-value assignment, so the initial soft weights approximate an ordinary init.
+      dtype: of the logits and values; generated leaves are cast to the target's dtypes.
+
+    hparams: {"codebook": {"logits": {path parts: f[*leaf_shape, K]}, "values": f[K] (or per leaf)},
+              "direct": ...}.
+    apply(hparams, cond=None): cond is the temperature, a floating scalar f[] (a traced value, so an annealed
+      tau needs no recompiling; must be > 0) or None for `tau`. The weights are materialised once per call
+      (n x K for n shared scalars), never per example: call apply once per step, then run the target on a batch.
+    Trainable parameters: n * K + K (shared) or n * K + K * num_leaves (per leaf); plus the ordinary params.
+    Raises ValueError for num_values <= 0, tau <= 0, or `where` matching no leaf.
+    """
+    paths = common.generated_paths(target, where, WHO)
+    k = checks.positive_int(num_values, "num_values", WHO)
+    tau = checks.positive_float(tau, "tau", WHO)
+    mean, std = common.leaf_moments(target, paths, init, WHO)
+    shapes = {p: tuple(target.leaves[p].shape) for p in paths}
+
+    def values_and_logits(w0: Array) -> tuple[Array, Array]:
+        """Reference weights f[m] -> (codebook f[K] at the quantiles of w0, soft nearest-value logits f[m, K])."""
+        v = jnp.quantile(w0, (jnp.arange(k, dtype=jnp.float32) + 0.5) / k)
+        gaps = jnp.diff(v)
+        s = (0.5 * jnp.median(gaps) if k > 1 else jnp.std(w0)) + 1e-8 * (jnp.std(w0) + 1.0)
+        logits = -jnp.square(w0[:, None] - v[None, :]) / (2.0 * s * s) * (_SHARPNESS / 2.0)
+        return v.astype(dtype), (logits - jnp.max(logits, axis=1, keepdims=True)).astype(dtype)
+
+    def core_init(key):
+        keys = jax.random.split(key, len(paths))
+        w0 = {p: mean[i] + std[i] * jax.random.normal(keys[i], (math.prod(shapes[p]),), jnp.float32)
+              for i, p in enumerate(paths)}
+        if shared:
+            v, a = values_and_logits(jnp.concatenate([w0[p] for p in paths]))
+            offsets = np.cumsum([0] + [w0[p].shape[0] for p in paths])
+            logits = {p: a[offsets[i]:offsets[i + 1]].reshape(*shapes[p], k) for i, p in enumerate(paths)}
+            values = v
+        else:
+            logits, values = {}, {}
+            for p in paths:
+                v, a = values_and_logits(w0[p])
+                logits[p], values[p] = a.reshape(*shapes[p], k), v
+            values = _paths.nest(values)
+        return {"codebook": {"logits": _paths.nest(logits), "values": values}}
+
+    def core_apply(hparams, t):
+        book = hparams["codebook"]
+        logits = _paths.unnest(book["logits"], paths)
+        values = book["values"] if shared else _paths.unnest(book["values"], paths)
+        out = {}
+        for p in paths:
+            v = values if shared else values[p]
+            probs = jax.nn.softmax(logits[p] / t.astype(logits[p].dtype), axis=-1)    # f[*shape, K], once per call
+            out[p] = (probs @ v).astype(target.leaves[p].dtype)
+        return out
+
+    assembled = common.assemble(target, paths, common.Core(core_init, core_apply), _Temperature(tau), dtype, WHO)
+
+    def apply(hparams: HParams, cond: Array | None = None) -> Params:
+        """cond: the temperature tau, f[] > 0, or None for the factory's tau -> params shaped like `target`."""
+        checks.hparams_entry(hparams, "codebook", WHO, "hyperjax.generators.codebook")
+        return assembled.apply(hparams, cond)
+
+    return HyperNetwork(assembled.init, apply)
+
+
+# ---------------------------------------------------------------- regularisers
+def _logit_leaves(hparams: HParams, who: str) -> list[Array]:
+    book = checks.hparams_entry(hparams, "codebook", who, "hyperjax.generators.codebook")
+    return [a.reshape(-1, a.shape[-1]) for a in jax.tree.leaves(book["logits"])]
+
+
+def _tau(tau: Any, who: str) -> Any:
+    if isinstance(tau, (int, float, np.integer, np.floating)) and not isinstance(tau, bool):
+        return checks.positive_float(tau, "tau", who)
+    checks.temperature(tau, who)
+    return tau
+
+
+def codebook_entropy(hparams: HParams, tau: Any = 1.0) -> Array:
+    """Mean over all slots of the entropy (nats) of softmax(A_i / tau): 0 when every slot picks one value.
+
+    hparams: from `codebook(...).init`; tau: a positive float or a floating scalar array. Returns f32[].
+    """
+    who = "generators.codebook_entropy"
+    tau = _tau(tau, who)
+    total, n = jnp.zeros((), jnp.float32), 0
+    for a in _logit_leaves(hparams, who):
+        z = a.astype(jnp.float32) / tau
+        logp = jax.nn.log_softmax(z, axis=-1)
+        total = total - jnp.sum(jnp.exp(logp) * logp)
+        n += a.shape[0]
+    return total / n
+
+
+def codebook_usage(hparams: HParams, tau: Any = 1.0) -> Array:
+    """Mean soft assignment over all slots, q_k = mean_i softmax(A_i / tau)_k: f32[K], sums to 1."""
+    who = "generators.codebook_usage"
+    tau = _tau(tau, who)
+    leaves = _logit_leaves(hparams, who)
+    total = sum(jnp.sum(jax.nn.softmax(a.astype(jnp.float32) / tau, axis=-1), axis=0) for a in leaves)
+    return total / sum(a.shape[0] for a in leaves)
+
+
+def codebook_usage_kl(hparams: HParams, tau: Any = 1.0, prior: Any = None) -> Array:
+    """KL(q || prior) = sum_k q_k log(q_k / prior_k) with q = `codebook_usage(hparams, tau)`.
+
+    prior: f[K], positive, summing to 1; None for uniform (then KL = log K - H(q): 0 when all K values
+    are used equally). With per-leaf codebooks the assignments of all leaves are pooled. Returns f32[].
+    """
+    who = "generators.codebook_usage_kl"
+    q = codebook_usage(hparams, tau)
+    k = q.shape[0]
+    if prior is None:
+        prior = jnp.full((k,), 1.0 / k, jnp.float32)
+    else:
+        if tuple(jnp.shape(prior)) != (k,):
+            raise ValueError(f"hyperjax.{who}: `prior` must have shape ({k},) (num_values), got "
+                             f"{tuple(jnp.shape(prior))}.")
+        if not isinstance(prior, jax.core.Tracer):
+            pr = np.asarray(prior, np.float64)
+            if (pr <= 0).any() or abs(pr.sum() - 1.0) > 1e-4:
+                raise ValueError(f"hyperjax.{who}: `prior` must be positive and sum to 1, got sum "
+                                 f"{pr.sum():.6g} and minimum {pr.min():.6g}.")
+        prior = jnp.asarray(prior, jnp.float32)
+    return jnp.sum(q * (jnp.log(jnp.maximum(q, 1e-30)) - jnp.log(prior)))
+
+
+# ---------------------------------------------------------------- hard export
+def codebook_export(hnet: HyperNetwork, hparams: HParams) -> tuple[Params, dict[str, Any]]:
+    """Hard assignment: every slot takes the value of its argmax logit. Not jittable (returns a report).
+
+    Returns (params, info): params shaped like the target, the shared leaves holding only codebook values
+    (at most K distinct values per codebook); info = {
+      "num_values": K, "num_codebooks", "slots": n shared scalars, "used_values": codebook entries used,
+      "distinct_values": distinct floats among the shared leaves, "usage": counts per entry (shared codebook),
+      "bits_dense": n * bits of the leaf dtype, "bits_indexed": n * ceil(log2 K) + entries * value bits,
+      "bits_entropy": n * H(usage) + used * value bits (ideal entropy-coded indices),
+      "compression": bits_dense / bits_indexed, "compression_entropy": bits_dense / bits_entropy}.
+    """
+    who = "generators.codebook_export"
+    book = checks.hparams_entry(hparams, "codebook", who, "hyperjax.generators.codebook")
+
+    def harden(a):
+        hard = jax.nn.one_hot(jnp.argmax(a, axis=-1), a.shape[-1], dtype=a.dtype)
+        return jnp.where(hard > 0, jnp.zeros((), a.dtype), jnp.full((), -jnp.inf, a.dtype))
+
+    hard_hp = {**hparams, "codebook": {**book, "logits": jax.tree.map(harden, book["logits"])}}
+    params = jax.jit(hnet.apply)(hard_hp, None)     # one compile instead of op-by-op dispatch
+
+    logits = [np.asarray(a) for a in jax.tree.leaves(book["logits"])]
+    k = logits[0].shape[-1]
+    shared = not isinstance(book["values"], dict)
+    value_leaves = [np.asarray(book["values"])] * len(logits) if shared else \
+        [np.asarray(v) for v in jax.tree.leaves(book["values"])]
+    idx = [np.argmax(a, axis=-1).reshape(-1) for a in logits]
+    chosen = np.concatenate([v[i] for v, i in zip(value_leaves, idx)])
+    n = int(chosen.size)
+    value_bits = 8 * np.dtype(value_leaves[0].dtype).itemsize
+    gen_paths = [p for p, _ in _paths.leaves_with_paths(book["logits"])]
+    dense_bits = 0
+    flat_params = dict(_paths.leaves_with_paths(params))
+    for p, a in zip(gen_paths, logits):
+        dense_bits += int(np.prod(a.shape[:-1])) * 8 * np.dtype(flat_params[p].dtype).itemsize
+    if shared:
+        counts = np.bincount(np.concatenate(idx), minlength=k)
+        used, groups = int((counts > 0).sum()), [counts]
+    else:
+        groups = [np.bincount(i, minlength=k) for i in idx]
+        used = int(sum((c > 0).sum() for c in groups))
+    entropy_bits = sum(float(-(c[c > 0] / c.sum() * np.log2(c[c > 0] / c.sum())).sum() * c.sum()) for c in groups)
+    n_books = 1 if shared else len(logits)
+    indexed_bits = n * math.ceil(math.log2(k)) + n_books * k * value_bits
+    entropy_total = entropy_bits + used * value_bits
+    info = {"num_values": k, "num_codebooks": n_books, "slots": n, "used_values": used,
+            "distinct_values": int(np.unique(np.concatenate([np.asarray(flat_params[p]).reshape(-1)
+                                                             for p in gen_paths])).size),
+            "usage": [int(c) for c in groups[0]] if shared else None,
+            "bits_dense": int(dense_bits), "bits_indexed": int(indexed_bits), "bits_entropy": float(entropy_total),
+            "compression": dense_bits / indexed_bits, "compression_entropy": dense_bits / max(entropy_total, 1.0)}
+    return params, info
