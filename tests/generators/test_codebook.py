@@ -266,6 +266,7 @@ def test_export_property(widths, k, shared, seed):
     ({"num_values": 4, "tau": 0.0}, r"`tau` must be a positive finite number, got 0.0"),
     ({"num_values": 4, "tau": -1}, r"`tau` must be a positive finite number, got -1"),
     ({"num_values": 4, "tau": float("inf")}, r"`tau` must be a positive finite number, got inf"),
+    ({"num_values": 4, "init_spread": 0}, r"`init_spread` must be a positive finite number, got 0"),
     ({"num_values": 4, "where": "*/gamma"}, r"`where`='\*/gamma' matches no leaf of the target. Available paths: l0/bias"),
     ({"num_values": 4, "init": "glorot"}, r"unknown `init`='glorot'; valid options are 'hyperfan_in', 'hyperfan_out'"),
 ])
