@@ -15,7 +15,8 @@ kernel of a linen MLP (biases are ordinary params). Each of the batch's 256 exam
 
 Timed, jitted, on the same hparams and inputs (the two paths are first checked to agree): the forward pass,
 and a training step's value_and_grad of a cross-entropy with respect to the hparams. Each round runs every
-variant once, in rotating order; medians over rounds, warm-up excluded, `jax.block_until_ready`.
+variant once, in rotating order (at least 20 rounds, more up to 500 while they fit in 5 s); medians over
+rounds, warm-up excluded, `jax.block_until_ready`.
 speedup = median(materialise) / median(factorised). Writes benchmarks/results/modulation.json and .md.
 """
 
@@ -38,9 +39,9 @@ from benchmarks import _common
 NAME = "modulation"
 GOAL_SPEEDUP = 5.0
 FULL = {"mlps": {"256-512-512-10": (256, 512, 512, 10), "64-100-10": (64, 100, 10)}, "batch": 256,
-        "cond_dim": 8, "hidden": 32, "rank": 4, "rounds": 20, "warmup": 3}
+        "cond_dim": 8, "hidden": 32, "rank": 4, "rounds": 20, "warmup": 3, "budget_s": 5.0}
 QUICK = {"mlps": {"8-6-3": (8, 6, 3)}, "batch": 4, "cond_dim": 2, "hidden": 4, "rank": 2, "rounds": 3,
-         "warmup": 1}
+         "warmup": 1, "budget_s": 0.0}
 
 
 class MLP(nn.Module):
@@ -76,11 +77,21 @@ def variants(gen, spec, n_layers: int) -> dict[str, Any]:
             "base_only": base_only}
 
 
-def timed_rounds(fns: dict[str, Any], rounds: int, warmup: int) -> dict[str, float]:
-    """Median ms per function; each round calls every function once, the order rotating every round."""
+def timed_rounds(fns: dict[str, Any], rounds: int, warmup: int, budget_s: float = 0.0
+                 ) -> tuple[dict[str, float], int]:
+    """(median ms per function, rounds); each round calls every function once, the order rotating every round.
+
+    At least `rounds` rounds; more (up to 500) while they fit in `budget_s` seconds, so fast cases get
+    enough samples for a stable median.
+    """
     for f in fns.values():
         for _ in range(warmup):
             f()
+    t0 = time.perf_counter()
+    for f in fns.values():
+        f()
+    round_s = time.perf_counter() - t0
+    rounds = max(rounds, min(500, int(budget_s / max(round_s, 1e-9))))
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(rounds):
@@ -89,7 +100,7 @@ def timed_rounds(fns: dict[str, Any], rounds: int, warmup: int) -> dict[str, flo
             t0 = time.perf_counter()
             fns[k]()
             times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, rounds
 
 
 def run_case(kind: str, widths: tuple[int, ...], cfg: dict) -> dict[str, Any]:
@@ -131,14 +142,15 @@ def run_case(kind: str, widths: tuple[int, ...], cfg: dict) -> dict[str, Any]:
     if max_out > 1e-4 * max(1.0, scale):
         raise AssertionError(f"{kind} {widths}: factorised and materialised outputs differ by {max_out:.3g}")
 
-    fwd_ms = timed_rounds({k: (lambda f=f: jax.block_until_ready(f(hp, conds, xs))) for k, f in fwd.items()},
-                          cfg["rounds"], cfg["warmup"])
-    grad_ms = timed_rounds({k: (lambda g=g: jax.block_until_ready(g(hp))) for k, g in grads.items()},
-                           cfg["rounds"], cfg["warmup"])
+    fwd_ms, fwd_rounds = timed_rounds({k: (lambda f=f: jax.block_until_ready(f(hp, conds, xs))) for k, f in fwd.items()},
+                          cfg["rounds"], cfg["warmup"], cfg["budget_s"])
+    grad_ms, grad_rounds = timed_rounds({k: (lambda g=g: jax.block_until_ready(g(hp))) for k, g in grads.items()},
+                           cfg["rounds"], cfg["warmup"], cfg["budget_s"])
     kernels = sum(math.prod(spec.leaves[p].shape) for p in spec.paths if p.endswith("kernel"))
     return {"kind": kind, "widths": list(widths), "batch": cfg["batch"],
             "materialised_floats_per_batch": kernels * cfg["batch"],
             "hparams": hj.training.count_params(hp), "forward_ms": fwd_ms, "grad_ms": grad_ms,
+            "rounds": {"forward": fwd_rounds, "grad": grad_rounds},
             "forward_speedup": fwd_ms["materialise"] / fwd_ms["factorised"],
             "grad_speedup": grad_ms["materialise"] / grad_ms["factorised"],
             "compile_s": compile_s, "max_abs_output_diff": max_out, "max_abs_grad_diff": max_grad,
