@@ -157,6 +157,23 @@ def run_case(kind: str, widths: tuple[int, ...], cfg: dict) -> dict[str, Any]:
             "loss_diff": abs(float(l_m) - float(l_f))}
 
 
+def compare(batch: int = 256, warmup: int = 3, repeats: int = 20, widths: tuple[int, ...] = (64, 100, 10),
+            kinds: tuple[str, ...] = ("low_rank", "scale_rowcol")) -> dict[str, Any]:
+    """Entry point for `benchmarks.run_all` (per-sample case): each kind on the case's MLP in this run.
+
+    Returns {"speedup": low_rank forward materialise / factorised, "cases": {kind: run_case(...)}, ...};
+    `speedup` is the first kind's forward ratio, every kind's forward and grad ratios are listed beside it.
+    """
+    cfg = {**FULL, "batch": batch, "warmup": warmup, "rounds": repeats, "budget_s": 2.0}
+    cases = {f"{kind}/{'-'.join(map(str, widths))}": run_case(kind, tuple(widths), cfg) for kind in kinds}
+    first = next(iter(cases.values()))
+    return {"speedup": first["forward_speedup"], "grad_speedup": first["grad_speedup"], "batch": batch,
+            "widths": list(widths), "materialise_ms": first["forward_ms"]["materialise"],
+            "factorised_ms": first["forward_ms"]["factorised"],
+            "speedups": {k: {"forward": c["forward_speedup"], "grad": c["grad_speedup"]} for k, c in cases.items()},
+            "cases": cases}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.modulation", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few rounds (for tests)")
