@@ -172,6 +172,22 @@ def test_keeps_last_n_and_best(tmp_path, mode, values, best):
     mgr.close()
 
 
+@pytest.mark.parametrize("read", ["restore", "load_config", "metrics"])
+def test_reads_right_after_an_async_save_see_it(tmp_path, read):
+    """No explicit wait: every read through the manager first awaits its own saves still in flight."""
+    tree = {"w": jnp.arange(200_000, dtype=jnp.float32)}
+    with hj.checkpoint.manager(tmp_path, async_save=True) as mgr:
+        hj.checkpoint.save(mgr, 1, tree, config={"c": 1}, metrics={"m": 2.0})
+        if read == "restore":
+            back, config = hj.checkpoint.restore(mgr, jax.eval_shape(lambda: tree))
+            np.testing.assert_array_equal(back["w"], tree["w"])
+            assert config == {"c": 1}
+        elif read == "load_config":
+            assert hj.checkpoint.load_config(mgr) == {"c": 1}
+        else:
+            assert hj.checkpoint.metrics(mgr) == {"m": 2.0}
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shapes=st.lists(st.lists(st.integers(1, 3), max_size=3), min_size=1, max_size=4),
        dtype=st.sampled_from(["float32", "bfloat16", "int32"]), with_key=st.booleans(), nested=st.booleans())
