@@ -90,20 +90,9 @@ def train(name, params, step, accuracy, opt, data, args, seed):
     x_tr, y_tr = data
     state = jax.jit(lambda p: hj.training.init_state(p, opt))(params)
     order = _data.batches(np.random.default_rng(seed), len(x_tr), args.batch_size)
-    curve = {"step": [0], "train_loss": [float("nan")], "test_accuracy": [float(accuracy(state.params))]}
-    losses = []
-    t0 = time.perf_counter()
-    for i in _common.progress(range(1, args.steps + 1), args.steps, f"{name} seed {seed}", disable=args.no_progress):
-        idx = next(order)
-        state, metrics = step(state, (x_tr[idx], y_tr[idx]))
-        losses.append(metrics["loss"])
-        if i % args.eval_every == 0 or i == args.steps:
-            curve["step"].append(i)
-            curve["train_loss"].append(float(np.mean([float(l) for l in losses])))
-            curve["test_accuracy"].append(float(accuracy(state.params)))
-            losses = []
-    jax.block_until_ready(state.params)
-    return state.params, curve, time.perf_counter() - t0
+    state, curve, seconds = _common.train_loop(step, state, order, (x_tr, y_tr), args.steps, args.eval_every, accuracy,
+                                               f"{name} seed {seed}", disable=args.no_progress)
+    return state.params, curve, seconds
 
 
 def plot(runs: dict, path: str, title: str) -> str:

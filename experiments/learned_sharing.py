@@ -25,7 +25,6 @@ Writes results/learned_sharing.json and results/learned_sharing.png (accuracy vs
 
 from __future__ import annotations
 
-import math
 import time
 
 import jax

@@ -48,7 +48,7 @@ class TwoPaddings(nn.Module):
         x = nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="stem")(x))
         x = nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv_same")(x))     # H x W
         x = nn.relu(nn.Conv(self.features, (3, 3), padding="VALID", name="conv_valid")(x))   # (H-2) x (W-2)
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = nn.pool(x, 0.0, jax.lax.add, (2, 2), (2, 2), "VALID") / 4.0   # avg_pool, without an int divisor
         return nn.Dense(10, name="head")(x.reshape(x.shape[0], -1))
 
 
@@ -90,19 +90,9 @@ def train(name, spec_like, params, data, opt, args):
     step = hj.training.make_step(loss_fn, opt)
     state = hj.training.init_state(params, opt, jax.random.key(args.seed))
     order = _data.batches(np.random.default_rng(args.seed), len(x_tr), args.batch_size)
-    curve = {"step": [0], "train_loss": [float("nan")], "test_accuracy": [float(accuracy(state.params))]}
-    losses, t0 = [], time.perf_counter()
-    for i in _common.progress(range(1, args.steps + 1), args.steps, name, disable=args.no_progress):
-        idx = next(order)
-        state, metrics = step(state, (x_tr[idx], y_tr[idx]))
-        losses.append(metrics["loss"])
-        if i % args.eval_every == 0 or i == args.steps:
-            curve["step"].append(i)
-            curve["train_loss"].append(float(np.mean([float(v) for v in losses])))
-            curve["test_accuracy"].append(float(accuracy(state.params)))
-            losses = []
-    jax.block_until_ready(state.params)
-    return state, curve, time.perf_counter() - t0, step
+    state, curve, seconds = _common.train_loop(step, state, order, (x_tr, y_tr), args.steps, args.eval_every, accuracy,
+                                               name, disable=args.no_progress)
+    return state, curve, seconds, step
 
 
 def plot(curves, kernel, path, title):

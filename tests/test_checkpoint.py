@@ -1,7 +1,6 @@
 """hyperjax.checkpoint: bitwise resume in a fresh process, tying survives restore, retention, mismatch errors,
 a save killed mid-write, export readable by orbax alone."""
 
-import json
 import os
 import signal
 import subprocess

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import hyperjax as hj
 import hyperjax.sharding as hjs
 
 MULTI_DEVICE = textwrap.dedent("""
