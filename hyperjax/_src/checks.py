@@ -56,6 +56,9 @@ def cond_vector(cond: Any, cond_dim: int, who: str) -> None:
         if len(shape) == 2 and shape[-1] == cond_dim:
             hint = (" A leading batch axis was given: use hyperjax.per_sample(...) or "
                     "jax.vmap(hnet.apply, in_axes=(None, 0)) for per-example weights.")
+        elif shape == () and jnp.issubdtype(dtype, jnp.integer):
+            hint = (" An integer id was given, but this generator was built without `num_conds`: build it "
+                    "with num_conds=N to look up a learned embedding per id.")
         raise ValueError(f"hyperjax.{who}: conditioning input `cond` must have shape ({cond_dim},) "
                          f"(cond_dim={cond_dim}), got {shape}.{hint}")
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -77,9 +80,9 @@ def cond_index(cond: Any, num_conds: int, who: str) -> None:
             raise ValueError(f"hyperjax.{who}: conditioning id {c} out of range [0, {num_conds}).")
 
 
-def no_match(where: Any, available: Sequence[str], who: str) -> ValueError:
+def no_match(where: Any, available: Sequence[str], who: str, what: str = "the target") -> ValueError:
     shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
-    return ValueError(f"hyperjax.{who}: `where`={_paths.describe(where)} matches no leaf of the target. "
+    return ValueError(f"hyperjax.{who}: `where`={_paths.describe(where)} matches no leaf of {what}. "
                       f"Available paths: {shown}")
 
 

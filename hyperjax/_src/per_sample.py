@@ -43,5 +43,9 @@ def per_sample(hnet: HyperNetwork, target: TargetSpec, *, example_has_batch_axis
 
 
 def generate_batch(hnet: HyperNetwork, hparams: HParams, conds: Array) -> Any:
-    """conds f[B, cond_dim] -> params with a leading axis B on every leaf (`jax.vmap` of `hnet.apply`)."""
+    """conds f[B, cond_dim] (or int[B] ids) -> params with a leading axis B on every leaf (`jax.vmap` of
+    `hnet.apply`). Raises ValueError if conds has no leading batch axis."""
+    if jnp.ndim(conds) == 0:
+        raise ValueError("hyperjax.generate_batch: conds needs a leading batch axis (f[B, cond_dim] or int[B] "
+                         "ids), got shape (); for a single cond call hnet.apply(hparams, cond).")
     return jax.vmap(hnet.apply, in_axes=(None, 0))(hparams, conds)

@@ -56,7 +56,15 @@ class TargetSpec:
         flat, treedef = jax.tree_util.tree_flatten_with_path(abs_params)
         leaves = {_paths.path_str(kp): leaf for kp, leaf in flat}
         if len(leaves) != len(flat):
-            raise ValueError("hyperjax.TargetSpec: two leaves have the same path string; rename one.")
+            seen, dup = set(), []
+            for kp, _ in flat:
+                p = _paths.path_str(kp)
+                if p in seen and p not in dup:
+                    dup.append(p)
+                seen.add(p)
+            raise ValueError(f"hyperjax.TargetSpec: two leaves have the same path string "
+                             f"{', '.join(repr(p) for p in dup)} (a key containing '/' beside nested keys); "
+                             f"rename one.")
         if not leaves:
             raise ValueError(f"hyperjax.TargetSpec: the {self.framework} target has no parameters.")
         for path, leaf in leaves.items():

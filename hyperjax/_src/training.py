@@ -152,7 +152,8 @@ def frozen(optimizer: optax.GradientTransformation, where: Any) -> optax.Gradien
     def mask(params):
         m = jax.tree_util.tree_map_with_path(lambda kp, x: not sel(_paths.path_str(kp), x), params)
         if all(jax.tree.leaves(m)):
-            raise checks.no_match(where, [p for p, _ in _paths.leaves_with_paths(params)], "training.frozen")
+            raise checks.no_match(where, [p for p, _ in _paths.leaves_with_paths(params)], "training.frozen",
+                                   what="the trainable params")
         return m
     return optax.chain(optax.masked(optimizer, mask),
                        optax.masked(optax.set_to_zero(), lambda p: jax.tree.map(lambda b: not b, mask(p))))
