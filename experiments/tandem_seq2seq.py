@@ -1,6 +1,6 @@
 """Tandem seq2seq: few A->B pairs, many unpaired B words, one shared character-level RNN decoder.
 
-    python -m experiments.tandem_seq2seq                    # ~2,600 English words, GRU cells
+    python -m experiments.tandem_seq2seq                    # 2,641 English words, GRU cells, ~3-4 min on 2 cores
     python -m experiments.tandem_seq2seq --cell lstm
 
 Data (fixed seed). B = the distinct lowercase alphabetic words of length 3-10 in the help text that ships
@@ -8,7 +8,8 @@ with Python (`pydoc_data.topics`; letter runs of the text, lowercased). A = a de
 each B word: a fixed substitution cipher (a seeded permutation of a-z) followed by reversal, e.g. with
 seed 0 "python" -> cipher "ktoqch" -> A "hcqotk". The split holds out `--n-test` words for testing,
 takes `--n-pairs` of the rest as the only A->B pairs, and uses every non-test word as the unpaired B set
-(the paired words' B side included). Test words are in neither training set.
+(the paired words' B side included). Test words are in neither training set. The help topics hold only
+2,641 distinct words of 3-10 letters, so with the defaults B has 2,241 words (not ~10,000), 500 of them paired.
 
 Models (Flax linen): each encoder is an embedding, a bidirectional `nn.RNN` (GRU or LSTM cells, masked
 with `seq_lengths`), and a tanh Dense to a code z f32[z_dim]; the decoder maps z to its initial carry
@@ -36,6 +37,17 @@ accuracy (mean over the L letter positions of each word); also B->B accuracy of 
 enc_b, exact-word accuracy on the training pairs, and the code gap E|z_a - z_b|^2 / Var(z_b) between
 the two encoders' codes of the same held-out words. Writes results/tandem_seq2seq.json and a PNG of
 the learning curves of all of these.
+
+Result (seed 0, GRU, 500 pairs): the target "tandem above both" is met against pairs_only but missed
+against two_stage. Held-out exact-word accuracy two_stage / tandem / pairs_only: 92.2 / 83.0 / 64.5% at
+1,500 steps, 93.3 / 91.7 / 68.5% at 3,000 (the default: tandem's curve is still rising at 1,500) and
+96.0 / 92.2 / 67.5% at 6,000. The curves show why. This respelling is a letter bijection plus reversal,
+so regressing enc_a onto the frozen enc_b codes is nearly lossless (code gap ~0.001) and two_stage's
+A->B accuracy equals its B->B autoencoder's; tandem's decoder is as good or better (B->B 96.5% vs 94.0%
+at 3,000 steps), but enc_a, taught only through the decoder's loss on 500 words, fits every training
+pair and still lands off the code manifold on new words (gap ~0.06). With 1,500 pairs
+(`--n-pairs 1500`) tandem wins, 95.2% vs 94.0%. Weight decay 0.05 instead of 0.5 lowers all three
+(85.2 / 69.7 / 44.0% at 3,000 steps).
 """
 
 from __future__ import annotations
@@ -90,7 +102,7 @@ def encode(words: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 def decoder_io(toks: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Teacher forcing: inputs [BOS, y_1..y_L, PAD..] and targets [y_1..y_L, EOS, PAD..], i32[n, max_len + 1]."""
-    n, t = toks.shape
+    n = toks.shape[0]
     inputs = np.concatenate([np.full((n, 1), BOS, np.int32), toks], axis=1)
     targets = np.concatenate([toks, np.full((n, 1), PAD, np.int32)], axis=1)
     targets[np.arange(n), lengths] = EOS
@@ -290,6 +302,23 @@ def evaluator(model: Model, sets: dict):
     })
 
 
+def make_round(steps: list):
+    """-> jitted round_(states, batches) -> (states, losses f32[len(steps)]): one update per step function,
+    in order, each starting from the params the previous one produced; every state leaves with the last params."""
+
+    @jax.jit
+    def round_(states, batches):
+        params, out, losses = states[0].params, [], []
+        for step, st, batch in zip(steps, states, batches):
+            st, m = step(st._replace(params=params), batch)
+            params = st.params
+            out.append(st)
+            losses.append(m["loss"])
+        return tuple(o._replace(params=params) for o in out), jnp.stack(losses)
+
+    return round_
+
+
 def run_method(method: str, model: Model, params0: dict, sets: dict, args, evaluate) -> dict:
     """Train one method from params0 on sets["pairs"] / sets["b"] (numpy); returns {"curve", "params",
     "train_time_s"}. `evaluate` is `evaluator(model, sets)`, shared by the methods (compiled once)."""
@@ -337,17 +366,7 @@ def run_method(method: str, model: Model, params0: dict, sets: dict, args, evalu
         keys = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), len(curve["update"])), len(opts))
         states = tuple(hj.training.init_state(params, opt, k) for opt, k in zip(opts, keys))
 
-        @jax.jit
-        def round_(states, batches):
-            """One update per part, in order, each starting from the params the previous one produced."""
-            params, out, losses = states[0].params, [], []
-            for step, st, batch in zip(steps, states, batches):
-                st, m = step(st._replace(params=params), batch)
-                params = st.params
-                out.append(st)
-                losses.append(m["loss"])
-            return tuple(o._replace(params=params) for o in out), jnp.stack(losses)
-
+        round_ = make_round(steps)
         acc_loss = []
         for i in _common.progress(range(1, n_steps + 1), n_steps, f"{method}:{phase}", disable=args.no_progress):
             states, losses = round_(states, tuple(sampler() for _, sampler, _ in parts))
@@ -410,7 +429,7 @@ def plot(runs: dict, path: str, title: str) -> str:
 
 
 def build_parser():
-    p = _common.parser(NAME, __doc__.splitlines()[0], steps=1500, images=False)
+    p = _common.parser(NAME, __doc__.splitlines()[0], steps=3000, images=False)
     p.add_argument("--cell", default="gru", choices=["gru", "lstm"])
     p.add_argument("--hidden", type=int, default=128, help="RNN hidden size (encoders and decoder)")
     p.add_argument("--embed-dim", type=int, default=32, help="character embedding size")
@@ -475,7 +494,9 @@ def main(argv=None) -> dict:
         metrics[m]["dec_leaves"] = len(jax.tree.leaves(dec))
     if {"tandem", "two_stage", "pairs_only"} <= set(runs):
         t = metrics["tandem"]["test_exact"]
-        metrics["target_met"] = bool(t > metrics["two_stage"]["test_exact"] and t > metrics["pairs_only"]["test_exact"])
+        metrics["tandem_above_two_stage"] = bool(t > metrics["two_stage"]["test_exact"])
+        metrics["tandem_above_pairs_only"] = bool(t > metrics["pairs_only"]["test_exact"])
+        metrics["target_met"] = metrics["tandem_above_two_stage"] and metrics["tandem_above_pairs_only"]
     metrics["wall_time_s"] = time.perf_counter() - t_start
     config = {**vars(args), "respelling": "A = reverse(cipher(B)), cipher = seeded permutation of a-z",
               "cipher": "".join(cipher[c] for c in string.ascii_lowercase),
@@ -494,7 +515,8 @@ def main(argv=None) -> dict:
               f"{100 * r['train_pairs_exact']:>16.1f}% {100 * r['test_b_autoenc_exact']:>9.1f}% {r['updates']:>8} "
               f"{r['train_time_s']:>8.1f}")
     print(f"wrote {path} and {png}; {metrics['wall_time_s']:.0f}s wall"
-          + (f"; target (tandem above both) {'met' if metrics['target_met'] else 'MISSED'}"
+          + (f"; target (tandem above both) {'met' if metrics['target_met'] else 'MISSED'} (above two_stage: "
+             f"{metrics['tandem_above_two_stage']}, above pairs_only: {metrics['tandem_above_pairs_only']})"
              if "target_met" in metrics else ""))
     return metrics
 

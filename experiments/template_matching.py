@@ -39,6 +39,11 @@ Same loss, optimizer, batches and number of steps.
 Reports localisation accuracy (response peak within 2 pixels, Euclidean, of the true position) on the
 held-out canvases. Writes results/template_matching.json and a PNG (learning curves, example canvases
 with the predicted peaks of both models).
+
+Result (seed 0, digits, 800 steps, 1,000 held-out canvases; ~75 s on 2 cores): generated kernel 99.9%
+with joint steps and 99.9% with alternating steps (1,320 search-leg + 3,657 template-leg parameters,
+above 98% after 50-100 steps); static baseline 98.5% (13,553 parameters, still improving at 800 steps).
+With `--template instance` (another image of the class) both fall short: 78.9% vs 81.8%.
 """
 
 from __future__ import annotations
@@ -362,8 +367,8 @@ def plot(runs: dict, test: dict, path: str, title: str, n_examples: int = 6) -> 
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.patches as patches
     import matplotlib.pyplot as plt
+    from matplotlib import patches
 
     fig = plt.figure(figsize=(15, 8.5))
     grid = fig.add_gridspec(3, n_examples, height_ratios=(1.0, 1.0, 0.45))

@@ -51,13 +51,20 @@ def test_decoder_io_shifts_by_one_and_ends_with_eos():
     assert targets[1, 5] == ts.EOS and (targets[0, 4:] == ts.PAD).all()
 
 
-@pytest.mark.parametrize("train,frozen", [(("enc_a", "dec"), "enc_b"), (("enc_b", "dec"), "enc_a")])
-def test_phase_updates_its_encoder_and_the_one_decoder_only(train, frozen):
-    """Tandem phases: the other encoder's leaves stay bitwise equal; the shared decoder moves."""
+@pytest.fixture(scope="module")
+def tiny_seq2seq():
+    """A tiny GRU model (embed 4, hidden 6, code 5, words up to 8 letters), its params and a 3-word batch."""
     model = ts.Model("gru", 4, 6, 5, 8)
     params = jax.jit(model.init)(jax.random.key(0))
-    assert set(params) == {"enc_a", "enc_b", "dec"}                    # one decoder subtree, no copy
     batch = jax.tree.map(jnp.asarray, ts.make_set(["alpha", "beta", "gamma"], ts.make_cipher(0), 8))
+    return model, params, batch
+
+
+@pytest.mark.parametrize("train,frozen", [(("enc_a", "dec"), "enc_b"), (("enc_b", "dec"), "enc_a")])
+def test_phase_updates_its_encoder_and_the_one_decoder_only(train, frozen, tiny_seq2seq):
+    """Tandem phases: the other encoder's leaves stay bitwise equal; the shared decoder moves."""
+    model, params, batch = tiny_seq2seq
+    assert set(params) == {"enc_a", "enc_b", "dec"}                    # one decoder subtree, no copy
     side = train[0][-1]
     loss = lambda p, b, rng: model.xent(p, model.encode(p, side, b[f"{side}_tok"], b[f"{side}_len"]), b)
     args = ts.build_parser().parse_args(["--warmup", "1"])
@@ -94,6 +101,8 @@ def test_tandem_seq2seq_tiny_run_writes_record(tmp_path):
         assert len(curve["update"]) == len(curve["test_exact"]) == len(curve["test_code_gap"])
         assert np.isfinite(curve["loss"][1:]).all()
     assert record["curves"]["two_stage"]["phase"][-1] == "stage2_regress_a"
+    assert m["target_met"] == (m["tandem_above_two_stage"] and m["tandem_above_pairs_only"])
+    assert m["tandem_above_two_stage"] == (m["tandem"]["test_exact"] > m["two_stage"]["test_exact"])
     assert isinstance(m["target_met"], bool) and m["examples"]["python"] == ts.respell("python", ts.make_cipher(0))
 
 
@@ -133,20 +142,25 @@ def test_fft_correlation_equals_conv_general_dilated(maybe_jit):
                                 atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("conv", ["fft", "direct"])
-def test_kernel_is_generated_per_example_and_both_legs_get_gradients(conv, maybe_jit):
-    args = tm.build_parser().parse_args(["--channels", "2", "--width", "4", "--conv", conv])
+@pytest.fixture(scope="module")
+def generated_model():
+    """The generated-kernel model (FFT correlation) on 6x6 templates and 18x18 canvases, initialised once."""
+    args = tm.build_parser().parse_args(["--channels", "2", "--width", "4"])
     init, respond, extra = tm.response_fn("generated", args, 6)
     params = jax.jit(init)(jax.random.key(0))
-    spec, hnet = extra["spec"], extra["hnet"]
-    assert spec.paths == ("bias", "kernel") and spec.leaves["kernel"].shape == (6, 6, 2, 1)
     canvas = jax.random.normal(jax.random.key(1), (3, 18, 18, 1))
     templates = jax.random.normal(jax.random.key(2), (3, 6, 6, 1))
+    return params, respond, jax.jit(respond), extra, canvas, templates
+
+
+def test_kernel_is_generated_per_example_and_both_legs_get_gradients(generated_model):
+    params, respond, respond_j, extra, canvas, templates = generated_model
+    spec, hnet = extra["spec"], extra["hnet"]
+    assert spec.paths == ("bias", "kernel") and spec.leaves["kernel"].shape == (6, 6, 2, 1)
     kernels = jax.jit(hj.generate_batch, static_argnums=0)(hnet, params["template_leg"], templates)["kernel"]
     assert kernels.shape == (3, 6, 6, 2, 1) and float(jnp.abs(kernels[0] - kernels[1]).max()) > 1e-4
-    resp = maybe_jit(respond)(params, canvas, templates)
+    resp = respond_j(params, canvas, templates)
     assert resp.shape == (3, 18, 18)
-    respond_j = jax.jit(respond)
     one = respond_j(params, canvas[1:2], templates[1:2])              # example 1 alone, its own kernel
     chex.assert_trees_all_close(resp[1:2], one, atol=1e-4, rtol=1e-4)
     swapped = respond_j(params, canvas, templates[::-1])               # another template -> another map
@@ -158,11 +172,21 @@ def test_kernel_is_generated_per_example_and_both_legs_get_gradients(conv, maybe
         assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[leg])), leg
 
 
-def test_hypernet_output_is_checked_against_the_spec():
-    spec = tm.conv_spec(6, 3, "fft")
-    hnet = tm.template_hypernet(tm.conv_spec(6, 2, "fft"), 6, 2, 4)    # emits 2 channels, spec wants 3
-    with pytest.raises(ValueError, match="kernel"):
-        spec.check(hnet.apply(hnet.init(jax.random.key(0)), jnp.zeros((6, 6, 1))))
+def test_direct_conv_gives_the_fft_response_maps(generated_model):
+    """--conv direct (a grouped lax.conv under vmap) and --conv fft: same params tree, same response maps."""
+    params, _, respond_j, _, canvas, templates = generated_model
+    args_d = tm.build_parser().parse_args(["--channels", "2", "--width", "4", "--conv", "direct"])
+    init_d, respond_d, _ = tm.response_fn("generated", args_d, 6)
+    chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(init_d, jax.random.key(0)), params)
+    chex.assert_trees_all_close(jax.jit(respond_d)(params, canvas, templates),
+                                respond_j(params, canvas, templates), atol=1e-4, rtol=1e-4)
+
+
+def test_hypernet_checks_its_output_against_the_spec():
+    hnet = tm.template_hypernet(tm.conv_spec(6, 3, "fft"), 6, 2, 4)    # the leg emits 2 channels, spec wants 3
+    hparams = jax.eval_shape(hnet.init, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"template_hypernet: leaf 'kernel' expected \(6, 6, 3, 1\)"):
+        jax.eval_shape(hnet.apply, hparams, jax.ShapeDtypeStruct((6, 6, 1), jnp.float32))
 
 
 @pytest.mark.parametrize("schedule", ["joint", "alternate"])
