@@ -710,10 +710,15 @@ def render(payload: dict[str, Any], label: str) -> list[str]:
              + (", ".join(f"{k} {v}" for k, v in torch_info["versions"].items()) if torch_info["available"]
                 else torch_info["note"]) + ".", ""]
     loads = [x for case in payload["cases"].values() for x in case.get("load_average", [])]
-    if loads and max(loads) > 0.5 * (env["cpu_count"] or 1):
+    # the run's own threads (XLA's and torch's, one per core) keep the load near the CPU count; more than
+    # that means other processes competed for the cores
+    if loads and max(loads) > (env["cpu_count"] or 1) + 0.5:
         lines += [f"**Busy machine:** the 1-minute load average reached {max(loads):.1f} on {env['cpu_count']} CPUs "
-                  "during this run (other processes were running), so these timings are noisy; rerun on an idle "
-                  "machine before citing them.", ""]
+                  "during this run (this run's own threads count about one per CPU; other processes were "
+                  "running), so these timings are noisy; rerun on an idle machine before citing them.", ""]
+    elif loads:
+        lines += [f"1-minute load average during the run: at most {max(loads):.1f} on {env['cpu_count']} CPUs "
+                  "(this run's own threads included).", ""]
     all_goals = []
     for key, case in payload["cases"].items():
         lines += [f"### {case['title']}", ""]

@@ -30,3 +30,16 @@ def test_readme_quickstart_runs(tmp_path, capsys):
     loss = float(re.search(r"loss ([0-9.]+)", out).group(1))
     assert 0.0 < loss < 5.0, out          # a sane initial cross-entropy over 10 classes
     assert "85002 target params" in out
+
+
+def test_readme_other_examples_run(tmp_path, capsys):
+    """Every later python block of the README runs as written, on its own."""
+    blocks = python_blocks()[1:]
+    assert blocks, "README has only the quick start block"
+    for i, code in enumerate(blocks):
+        path = tmp_path / f"readme_block_{i + 1}.py"
+        path.write_text(code)
+        runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "(32, 10)" in out                                         # per-sample logits
+    assert "('same/bias', 'same/kernel') 80 of 160" in out           # one shared kernel after restore
