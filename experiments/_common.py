@@ -82,6 +82,19 @@ def png_path(json_path: str, suffix: str = "") -> str:
     return f"{root}{suffix}.png"
 
 
+def finish_figure(fig, axes, title: str, path: str) -> str:
+    """Grid and legend on `axes`, the title above, saved as PNG at `path` and closed; returns the path."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, y=1.03)
+    path = savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
 def savefig(fig, path: str) -> str:
     import matplotlib
 

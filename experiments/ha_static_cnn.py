@@ -111,13 +111,7 @@ def plot(runs: dict, path: str, title: str) -> str:
         ax_a.fill_between(steps, acc.min(0), acc.max(0), color=color, alpha=0.2)
     ax_l.set(xlabel="step", ylabel="train cross-entropy", yscale="log", title="train loss (mean over seeds)")
     ax_a.set(xlabel="step", ylabel="test accuracy", ylim=(0.85, 1.0), title="test accuracy (band: min-max)")
-    for ax in (ax_l, ax_a):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, y=1.03)
-    path = _common.savefig(fig, path)
-    plt.close(fig)
-    return path
+    return _common.finish_figure(fig, (ax_l, ax_a), title, path)
 
 
 def main(argv=None) -> dict:

@@ -126,13 +126,7 @@ def plot(curves: dict, path: str, title: str) -> str:
         ax_a.plot(c["step"], c["test_accuracy"], label=name)
     ax_l.set(xlabel="step", ylabel="train loss (label-smoothed CE)", yscale="log", title="train loss")
     ax_a.set(xlabel="step", ylabel="test accuracy", ylim=(0.8, 1.0), title="test accuracy")
-    for ax in (ax_l, ax_a):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, y=1.03)
-    path = _common.savefig(fig, path)
-    plt.close(fig)
-    return path
+    return _common.finish_figure(fig, (ax_l, ax_a), title, path)
 
 
 def main(argv=None) -> dict:

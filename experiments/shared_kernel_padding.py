@@ -108,9 +108,6 @@ def plot(curves, kernel, path, title):
         ax_a.plot(c["step"], c["test_accuracy"], label=name)
     ax_l.set(xlabel="step", ylabel="train cross-entropy", yscale="log", title="train loss")
     ax_a.set(xlabel="step", ylabel="test accuracy", ylim=(0.5, 1.0), title="test accuracy")
-    for ax in (ax_l, ax_a):
-        ax.grid(alpha=0.3)
-        ax.legend()
     k = np.asarray(kernel)                          # (3, 3, C_in, C_out): show in-channel-summed filters
     filters = k.sum(axis=2).transpose(2, 0, 1)      # (C_out, 3, 3)
     n = filters.shape[0]
@@ -123,10 +120,7 @@ def plot(curves, kernel, path, title):
     lim = float(np.nanmax(np.abs(grid)))
     ax_k.imshow(grid, cmap="coolwarm", vmin=-lim, vmax=lim)
     ax_k.set(title="shared kernel, summed over C_in", xticks=[], yticks=[])
-    fig.suptitle(title, y=1.03)
-    path = _common.savefig(fig, path)
-    plt.close(fig)
-    return path
+    return _common.finish_figure(fig, (ax_l, ax_a), title, path)
 
 
 def main(argv=None) -> dict:
