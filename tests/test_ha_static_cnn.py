@@ -18,7 +18,9 @@ def test_tiny_run_writes_record_and_figure(tmp_path):
     assert layer["generator_weights_and_biases"] == hj.generators.per_layer_param_count((5, 5, 4, 4), z_dim=4, d=4)
     assert m["dataset"] == "digits" and m["kernel"] == 5
     assert set(m) >= {"hyper", "plain", "accuracy_gap_points", "target_met", "wall_time_s"}
-    assert m["hyper"]["trainable_params"] < m["plain"]["trainable_params"]
+    # the hyper model is the plain one with its second kernel swapped for the generator and the embedding
+    assert m["hyper"]["trainable_params"] == (m["plain"]["trainable_params"] - layer["kernel_params"]
+                                              + layer["generator_weights_and_biases"] + layer["layer_embedding"])
     for model in ("hyper", "plain"):
         assert 0.0 <= m[model]["test_accuracy_mean"] <= 1.0
     assert (tmp_path / "ha.png").exists()
