@@ -226,8 +226,7 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
     if step is not None and best:
         raise ValueError(f"{who}: give `step` or `best=True`, not both.")
     if best and isinstance(mgr, Manager):
-        mgr.orbax.wait_until_finished()
-        mgr.orbax.reload()
+        _sync(mgr)
         step = mgr.best_step()
     step, meta = _meta(mgr, step, who)
 
@@ -272,12 +271,17 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
     return state, config
 
 
+def _sync(mgr: Manager) -> None:
+    """Await this manager's own saves still in flight (async ones included), then re-read the directory."""
+    mgr.orbax.wait_until_finished()
+    mgr.orbax.reload()
+
+
 def _meta(mgr: Manager, step: int | None, who: str) -> tuple[int, dict[str, Any]]:
     if not isinstance(mgr, Manager):
         raise TypeError(f"{who}: `mgr` must come from hyperjax.checkpoint.manager(directory, ...), "
                         f"got {type(mgr).__name__}.")
-    mgr.orbax.wait_until_finished()   # reads see every save made through this manager, async ones included
-    mgr.orbax.reload()
+    _sync(mgr)
     steps = mgr.all_steps()
     step = mgr.latest_step() if step is None else int(step)
     if step is None:

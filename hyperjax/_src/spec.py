@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -56,12 +57,8 @@ class TargetSpec:
         flat, treedef = jax.tree_util.tree_flatten_with_path(abs_params)
         leaves = {_paths.path_str(kp): leaf for kp, leaf in flat}
         if len(leaves) != len(flat):
-            seen, dup = set(), []
-            for kp, _ in flat:
-                p = _paths.path_str(kp)
-                if p in seen and p not in dup:
-                    dup.append(p)
-                seen.add(p)
+            counts = collections.Counter(_paths.path_str(kp) for kp, _ in flat)
+            dup = [p for p, n in counts.items() if n > 1]
             raise ValueError(f"hyperjax.TargetSpec: two leaves have the same path string "
                              f"{', '.join(repr(p) for p in dup)} (a key containing '/' beside nested keys); "
                              f"rename one.")
