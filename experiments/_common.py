@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -54,6 +55,26 @@ def train_loop(step, state, order, data: tuple[Any, Any], steps: int, eval_every
             losses = []
     jax.block_until_ready(state.params)
     return state, curve, time.perf_counter() - t0
+
+
+def alternating_round(steps: list):
+    """-> jitted round_(states, batches) -> (states, metrics stacked over steps, e.g. loss f32[len(steps)]).
+
+    One update per un-jitted `make_step` function, in order, each starting from the params the previous one
+    produced (alternating training of one params tree with several optimizers); every state leaves with the
+    last params. states and batches: one per step.
+    """
+    @jax.jit
+    def round_(states, batches):
+        params, out, metrics = states[0].params, [], []
+        for step, st, batch in zip(steps, states, batches):
+            st, m = step(st._replace(params=params), batch)
+            params = st.params
+            out.append(st)
+            metrics.append(m)
+        return tuple(o._replace(params=params) for o in out), jax.tree.map(lambda *x: jnp.stack(x), *metrics)
+
+    return round_
 
 
 def environment() -> dict[str, Any]:

@@ -302,23 +302,6 @@ def evaluator(model: Model, sets: dict):
     })
 
 
-def make_round(steps: list):
-    """-> jitted round_(states, batches) -> (states, losses f32[len(steps)]): one update per step function,
-    in order, each starting from the params the previous one produced; every state leaves with the last params."""
-
-    @jax.jit
-    def round_(states, batches):
-        params, out, losses = states[0].params, [], []
-        for step, st, batch in zip(steps, states, batches):
-            st, m = step(st._replace(params=params), batch)
-            params = st.params
-            out.append(st)
-            losses.append(m["loss"])
-        return tuple(o._replace(params=params) for o in out), jnp.stack(losses)
-
-    return round_
-
-
 def run_method(method: str, model: Model, params0: dict, sets: dict, args, evaluate) -> dict:
     """Train one method from params0 on sets["pairs"] / sets["b"] (numpy); returns {"curve", "params",
     "train_time_s"}. `evaluate` is `evaluator(model, sets)`, shared by the methods (compiled once)."""
@@ -366,10 +349,11 @@ def run_method(method: str, model: Model, params0: dict, sets: dict, args, evalu
         keys = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), len(curve["update"])), len(opts))
         states = tuple(hj.training.init_state(params, opt, k) for opt, k in zip(opts, keys))
 
-        round_ = make_round(steps)
+        round_ = _common.alternating_round(steps)
         acc_loss = []
         for i in _common.progress(range(1, n_steps + 1), n_steps, f"{method}:{phase}", disable=args.no_progress):
-            states, losses = round_(states, tuple(sampler() for _, sampler, _ in parts))
+            states, metrics = round_(states, tuple(sampler() for _, sampler, _ in parts))
+            losses = metrics["loss"]
             updates += len(parts)
             acc_loss.append(losses)
             if i % args.eval_every == 0 or i == n_steps:

@@ -301,16 +301,7 @@ def train(kind: str, args, images: tuple, test: dict, s: int) -> dict:
     steps = [hj.training.make_step(loss_fn, o, jit=False) for o in opts]
     states = tuple(hj.training.init_state(params, o) for o in opts)
 
-    @jax.jit
-    def round_(states, batches):
-        """One update per optimizer, in turn, each from the params the previous one produced."""
-        p, new, metrics = states[0].params, [], []
-        for step, st, batch in zip(steps, states, batches):
-            st, m = step(st._replace(params=p), batch)
-            p = st.params
-            new.append(st)
-            metrics.append(m)
-        return tuple(st._replace(params=p) for st in new), jax.tree.map(lambda *x: jnp.stack(x), *metrics)
+    round_ = _common.alternating_round(steps)
 
     test_j = {k: jnp.asarray(test[k]) for k in ("canvas", "template", "pos")}
 
