@@ -133,3 +133,87 @@ def test_check_names_the_leaf(spec, params, mutate, match, maybe_jit):
     bad = mutate(params)
     with pytest.raises(ValueError, match=r"TargetSpec.check: .*" + match):
         maybe_jit(spec.check)(bad)
+
+
+# ------------------------------------------------------------------------------------------------ construction
+def test_spec_is_an_immutable_value_with_one_name_per_thing(spec):
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.layout = "out_in"
+    with pytest.raises(TypeError):
+        spec.leaves["conv/bias"] = jax.ShapeDtypeStruct((1,), jnp.float32)   # a read-only mapping
+    assert not hasattr(spec, "num_params")
+    assert spec.init_fn is None                                          # from_fn without init_fn: init_moments
+    assert jax.tree.structure(spec.abstract_params) == spec.treedef
+    assert list(spec.leaves.values()) == jax.tree.leaves(spec.abstract_params)
+
+
+def test_public_methods_take_no_who(spec, params):
+    with pytest.raises(TypeError, match="who"):
+        spec.select("*/kernel", who="x")
+    with pytest.raises(TypeError, match="who"):
+        spec.check(params, who="x")
+
+
+def test_internal_select_and_check_name_the_caller(spec, params):
+    from hyperjax._src.spec import check_params, select_paths
+    assert select_paths(spec, "*/kernel", "generators.dense") == spec.select("*/kernel")
+    with pytest.raises(ValueError, match=r"^hyperjax.generators.dense: `where`='\*/w' matches no leaf"):
+        select_paths(spec, "*/w", "generators.dense")
+    with pytest.raises(TypeError, match=r"^hyperjax.generators.dense: `where` must be a glob string"):
+        select_paths(spec, 3, "generators.dense")
+    check_params(spec, params, "generators.dense")
+    with pytest.raises(ValueError, match=r"^hyperjax.generators.dense: params tree does not match the target "
+                                         r"\(missing: temperature\)"):
+        check_params(spec, {k: v for k, v in params.items() if k != "temperature"}, "generators.dense")
+    with pytest.raises(ValueError, match=r"^hyperjax.TargetSpec.check: "):
+        spec.check({k: v for k, v in params.items() if k != "temperature"})
+
+
+@pytest.mark.parametrize("make,err,match", [
+    (lambda l, t: hj.TargetSpec(None, l, jax.tree.structure([0, 0])), ValueError,
+     r"TargetSpec: `treedef` has 2 leaves but `leaves` has 6"),
+    (lambda l, t: hj.TargetSpec(None, {**l, "conv/bias": np.zeros(4)}, t), TypeError,
+     r"leaf 'conv/bias' must be a jax.ShapeDtypeStruct, got ndarray"),
+    (lambda l, t: hj.TargetSpec(3, l, t), TypeError, r"`apply_fn` must be callable or None, got int"),
+    (lambda l, t: hj.TargetSpec(None, l, t, layout="nchw"), ValueError, r"unknown `layout`='nchw'"),
+    (lambda l, t: hj.targets.from_fn(lambda p, x: x, {"a": jnp.zeros(2, jnp.int32)}), ValueError,
+     r"leaf 'a' has dtype int32; only floating point"),
+    (lambda l, t: hj.targets.from_fn(lambda p, x: x, {}), ValueError, r"the function target has no parameters"),
+])
+def test_construction_errors(spec, make, err, match):
+    with pytest.raises(err, match=match):
+        make(dict(spec.leaves), spec.treedef)
+
+
+# ------------------------------------------------------------------------------------------------ ravel_pytree
+def test_flatten_is_ravel_pytree_under_standard_promotion(spec, params, maybe_jit):
+    from jax.flatten_util import ravel_pytree
+    with jax.numpy_dtype_promotion("standard"):
+        want, unravel = ravel_pytree(params)
+    np.testing.assert_array_equal(maybe_jit(spec.flatten)(params), want)     # strict promotion is on in tests
+    chex.assert_trees_all_equal(maybe_jit(spec.unflatten)(want), unravel(want))
+
+
+@pytest.mark.parametrize("dtypes,flat_dtype,want_flat", [
+    ((jnp.bfloat16, jnp.bfloat16), jnp.float32, jnp.bfloat16),   # one dtype: a float32 vector is cast to it
+    ((jnp.float16, jnp.bfloat16), jnp.float32, jnp.float32),     # f16 + bf16 promote to f32
+    ((jnp.float32, jnp.float32), jnp.bfloat16, jnp.float32),     # a narrower vector is widened
+])
+def test_unflatten_casts_every_leaf_to_its_dtype(dtypes, flat_dtype, want_flat, maybe_jit):
+    tree = {"a": jax.ShapeDtypeStruct((2, 3), dtypes[0]), "b": jax.ShapeDtypeStruct((3,), dtypes[1])}
+    s = hj.targets.from_fn(lambda p, x: x, tree)
+    flat = jnp.arange(9, dtype=flat_dtype)
+    out = maybe_jit(s.unflatten)(flat)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, s.zeros())
+    np.testing.assert_array_equal(np.asarray(out["a"], np.float32), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert maybe_jit(s.flatten)(out).dtype == want_flat
+    sub = maybe_jit(lambda f: s.unflatten(f, paths=("b",)))(flat[:3])
+    assert list(sub) == ["b"] and sub["b"].dtype == dtypes[1]
+
+
+def test_unflatten_subset_follows_the_order_given(spec):
+    sub = spec.unflatten(jnp.arange(9, dtype=jnp.float32), paths=("dense/bias", "conv/bias"))
+    assert list(sub) == ["dense/bias", "conv/bias"]
+    np.testing.assert_array_equal(sub["dense/bias"], np.arange(5))
+    np.testing.assert_array_equal(sub["conv/bias"], np.arange(5, 9))

@@ -176,7 +176,7 @@ def test_generated_tree_ties_into_ordinary_one(key):
     def loss(hp):   # only target "own" is used: its kernel gradient must reach the generator
         return jnp.sum(tied.apply(hnet.apply(hp, jnp.ones(2)), {"own": X})["own"] ** 2)
     g = jax.grad(loss)(hp)
-    assert float(jnp.abs(g["mlp"][-1]["w"]).sum()) > 0
+    assert float(jnp.abs(g["hyper"]["mlp"][-1]["w"]).sum()) > 0
     full = tied.expand(hnet.apply(hp, jnp.ones(2)))
     np.testing.assert_array_equal(full["own"]["enc"]["kernel"], full["gen"]["enc"]["kernel"])
 
@@ -188,7 +188,7 @@ def test_generators_see_only_free_leaves(make, key, maybe_jit):
     whole = hj.generators.dense(tied, cond_dim=3, hidden=8)
     params = maybe_jit(whole.apply)(whole.init(key), jnp.ones(3))
     chex.assert_trees_all_equal_shapes_and_dtypes(params, tied.zeros())
-    assert whole.init(key)["mlp"][-1]["w"].shape[1] == tied.size
+    assert whole.init(key)["hyper"]["mlp"][-1]["w"].shape[1] == tied.size
     # partial generation of the source while the dest stays tied to it
     part = hj.generators.partial(hj.generators.dense, tied, where=src, cond_dim=3, hidden=8)
     hp = part.init(key)
@@ -196,7 +196,7 @@ def test_generators_see_only_free_leaves(make, key, maybe_jit):
     full = tied.expand(maybe_jit(part.apply)(hp, jnp.ones(3)))
     np.testing.assert_array_equal(_leaf(full, dst), fn(_leaf(full, src)))
     g = jax.grad(lambda h: jnp.sum(tied.apply(part.apply(h, jnp.ones(3)), X) ** 2))(hp)
-    assert float(jnp.abs(g["mlp"][-1]["w"]).sum()) > 0
+    assert float(jnp.abs(g["hyper"]["mlp"][-1]["w"]).sum()) > 0
 
 
 def test_free_bias_keeps_fans_of_tied_kernel():

@@ -1,9 +1,14 @@
-"""Leaf names: `jax.tree_util` key paths <-> "Dense_0/kernel" strings, and glob selectors."""
+"""Leaf names: `jax.tree_util` key paths <-> "Dense_0/kernel" strings, and glob selectors.
+
+Path strings are `jax.tree_util.keystr(key_path, simple=True, separator="/")`; nested dicts keyed by path
+parts are `flax.traverse_util.flatten_dict` / `unflatten_dict` with `sep="/"`. `select` is the one glob
+matcher: targets, tying, training labels and sharding rules all match leaf paths through it.
+"""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -13,16 +18,14 @@ Where = str | Sequence[str] | Selector
 
 
 def key_name(key: Any) -> str:
-    """One key-path entry as a plain string: DictKey 'a' -> 'a', SequenceKey 0 -> '0', GetAttrKey w -> 'w'."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+    """One key-path entry as a plain string: DictKey 'a' -> 'a', SequenceKey 0 -> '0', GetAttrKey w -> 'w',
+    FlattenedIndexKey 3 -> '3'."""
+    return jax.tree_util.keystr((key,), simple=True)
 
 
 def path_str(key_path: Sequence[Any]) -> str:
-    """`jax.tree_util` key path -> "Dense_0/kernel"."""
-    return "/".join(key_name(k) for k in key_path)
+    """`jax.tree_util` key path -> "Dense_0/kernel" (`keystr(..., simple=True, separator="/")`)."""
+    return jax.tree_util.keystr(tuple(key_path), simple=True, separator="/")
 
 
 def leaves_with_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
@@ -32,10 +35,13 @@ def leaves_with_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -
 
 
 def select(*patterns: str) -> Selector:
-    """Selector `(path, leaf) -> bool` from shell-style globs; `*` also crosses '/'.
+    """Selector `(path, leaf) -> bool` from shell-style globs (`fnmatch.fnmatchcase`); `*` also crosses '/'.
 
     >>> select("*/kernel")("Dense_0/kernel", None)
     True
+
+    Raises:
+      TypeError: no pattern, or a pattern that is not a string.
     """
     if not patterns or not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"hyperjax.select: expected one or more glob strings, got {patterns!r}")
@@ -47,16 +53,24 @@ def select(*patterns: str) -> Selector:
     return selector
 
 
-def as_selector(where: Where) -> Selector:
-    """A glob, a list of globs, or a `(path, leaf) -> bool` predicate -> a selector."""
+def as_selector(where: Where, who: str = "select") -> Selector:
+    """A glob, a list of globs, or a `(path, leaf) -> bool` predicate -> a selector.
+
+    Raises:
+      TypeError: `where` is none of those (the message starts with "hyperjax.<who>").
+    """
     if isinstance(where, str):
         return select(where)
     if callable(where):
         return where
-    if isinstance(where, Iterable):
-        return select(*where)
-    raise TypeError(f"hyperjax: `where` must be a glob string, a list of globs or a (path, leaf) -> bool "
-                    f"predicate, got {type(where).__name__}")
+    shown = type(where).__name__
+    if isinstance(where, Iterable) and not isinstance(where, Mapping):
+        where = tuple(where)
+        if where and all(isinstance(p, str) for p in where):
+            return select(*where)
+        shown += f" {list(where)!r}"
+    raise TypeError(f"hyperjax.{who}: `where` must be a glob string, a list of globs or a (path, leaf) -> bool "
+                    f"predicate, got {shown}")
 
 
 def describe(where: Where) -> str:
@@ -71,24 +85,28 @@ def describe(where: Where) -> str:
     return ", ".join(repr(p) for p in where)
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{"a/b": x, "a/c": y} -> {"a": {"b": x, "c": y}} (orbax- and optax-friendly nested dicts)."""
-    out: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = out
-        *parents, last = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"a/b": x, "a/c": y} -> {"a": {"b": x, "c": y}} (orbax- and optax-friendly nested dicts).
+
+    `flax.traverse_util.unflatten_dict(flat, sep="/")`.
+    """
+    from flax import traverse_util   # flax is a core dependency; imported here so `import hyperjax` stays lean
+
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def unnest(tree: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
-    """Inverse of `nest` for the given paths: nested dicts -> {"a/b": x}."""
-    out = {}
-    for path in paths:
-        node = tree
-        for p in path.split("/"):
-            node = node[p]
-        out[path] = node
-    return out
+def unnest(tree: Mapping[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    """Inverse of `nest` for the given leaf paths: nested dicts -> {"a/b": x}, in the order of `paths`.
+
+    `flax.traverse_util.flatten_dict(tree, sep="/")` restricted to `paths`.
+
+    Raises:
+      TypeError: `tree` is not a dict.
+      KeyError: a path is not a leaf of `tree`.
+    """
+    from flax import traverse_util
+
+    if not isinstance(tree, dict):
+        raise TypeError(f"hyperjax: expected a nested dict keyed by path parts, got {type(tree).__name__}")
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {p: flat[p] for p in paths}

@@ -1,16 +1,25 @@
-"""TargetSpec: a stateless target network described as data (leaf paths, shapes, dtypes, apply)."""
+"""TargetSpec: a stateless target network described as data (leaf paths, shapes, dtypes, apply).
+
+A spec is an immutable value built once by `spec_from_params` (every adapter in `hyperjax.targets` ends in it):
+leaves `{path: ShapeDtypeStruct}`, the treedef, the pure apply and the init. Internal callers that want their own
+name in error messages use the module functions `select_paths(target, where, who)` and
+`check_params(target, params, who)`; the methods `select` / `check` are the public forms of the same.
+"""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from hyperjax._src import checks
 from hyperjax._src import paths as _paths
@@ -25,52 +34,76 @@ def abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
+def _unravel_for(structs: Any) -> tuple[Any, Callable[[Array], Any]]:
+    """(flat dtype, unravel) of `jax.flatten_util.ravel_pytree` for a tree of ShapeDtypeStructs, traced only.
+
+    The flat dtype is the standard promotion of the leaf dtypes (also under strict promotion).
+    """
+    out = []
+
+    def ravel(tree: Any) -> Array:
+        with jax.numpy_dtype_promotion("standard"):
+            flat, unravel = ravel_pytree(tree)
+        out.append(unravel)        # a pure function of shapes and dtypes: no tracer escapes
+        return flat
+
+    flat = jax.eval_shape(ravel, structs)
+    return flat.dtype, out[0]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TargetSpec:
     """A stateless target network: `apply(params, *args)` plus the structure of `params`.
 
-    Built by the adapters in `hyperjax.targets` with `jax.eval_shape`: no weights are allocated.
+    Built once by `spec_from_params` (the adapters in `hyperjax.targets` call it) from `jax.eval_shape`
+    structures: no weights are allocated. Immutable: nothing is set after construction.
 
     Attributes:
-      apply_fn: the framework's pure apply, `apply_fn(params, *args, **kwargs)`.
-      abstract_params: pytree of `jax.ShapeDtypeStruct`, the exact structure generators must emit.
-      init_fn: `init_fn(key) -> params`, ordinary concrete initial parameters.
+      apply_fn: the framework's pure apply, `apply_fn(params, *args, **kwargs)`; None for a spec that only
+        describes a tree (`apply` raises).
+      leaves: {path: jax.ShapeDtypeStruct} in `jax.tree_util` flatten order (read-only mapping).
+      treedef: the params' PyTreeDef; `abstract_params` is `tree_unflatten(treedef, leaves.values())`.
+      init_fn: `init_fn(key) -> params`, concrete initial parameters; None draws from `init_moments`.
       layout: kernel axis convention for fan computation: "in_out" (Flax, Haiku: (..., in, out)) or
         "out_in" (Equinox, PyTorch: (out, in, ...)).
       framework: name used in messages ("linen", "nnx", "equinox", "haiku", "function").
-      abstract_state: non-parameter state (e.g. batch statistics) when threaded explicitly, else None.
-        With state, apply(params, state, *args) returns (output, new_state).
+      abstract_state: non-parameter state (e.g. batch statistics, ShapeDtypeStructs) when threaded explicitly,
+        else None. With state, apply(params, state, *args) returns (output, new_state).
       init_state_fn: `init_state_fn(key) -> state` when abstract_state is set.
+
+    Raises (at construction):
+      TypeError: a leaf is not a `jax.ShapeDtypeStruct`, or apply_fn / init_fn is neither callable nor None.
+      ValueError: unknown layout, no leaves, a non-floating leaf, or a treedef whose leaf count differs.
     """
 
-    apply_fn: Callable[..., Any]
-    abstract_params: Any
-    init_fn: Callable[[PRNGKey], Params]
+    apply_fn: Callable[..., Any] | None
+    leaves: Mapping[str, jax.ShapeDtypeStruct]
+    treedef: Any
+    init_fn: Callable[[PRNGKey], Params] | None = None
     layout: str = "in_out"
     framework: str = "function"
     abstract_state: Any = None
     init_state_fn: Callable[[PRNGKey], Any] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:   # validation only: every field is final as given
+        who = "hyperjax.TargetSpec"
         checks.one_of(self.layout, LAYOUTS, "layout", "TargetSpec")
-        abs_params = abstract(self.abstract_params)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(abs_params)
-        leaves = {_paths.path_str(kp): leaf for kp, leaf in flat}
-        if len(leaves) != len(flat):
-            counts = collections.Counter(_paths.path_str(kp) for kp, _ in flat)
-            dup = [p for p, n in counts.items() if n > 1]
-            raise ValueError(f"hyperjax.TargetSpec: two leaves have the same path string "
-                             f"{', '.join(repr(p) for p in dup)} (a key containing '/' beside nested keys); "
-                             f"rename one.")
-        if not leaves:
-            raise ValueError(f"hyperjax.TargetSpec: the {self.framework} target has no parameters.")
-        for path, leaf in leaves.items():
+        for name in ("apply_fn", "init_fn", "init_state_fn"):
+            fn = getattr(self, name)
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{who}: `{name}` must be callable or None, got {type(fn).__name__}.")
+        if not self.leaves:
+            raise ValueError(f"{who}: the {self.framework} target has no parameters.")
+        if self.treedef.num_leaves != len(self.leaves):
+            raise ValueError(f"{who}: `treedef` has {self.treedef.num_leaves} leaves but `leaves` has "
+                             f"{len(self.leaves)}; build specs with spec_from_params(apply_fn, params).")
+        for path, leaf in self.leaves.items():
+            if not isinstance(leaf, jax.ShapeDtypeStruct):
+                raise TypeError(f"{who}: leaf '{path}' must be a jax.ShapeDtypeStruct, got {type(leaf).__name__}; "
+                                f"build specs with spec_from_params(apply_fn, params).")
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-                raise ValueError(f"hyperjax.TargetSpec: leaf '{path}' has dtype {leaf.dtype}; only floating "
+                raise ValueError(f"{who}: leaf '{path}' has dtype {leaf.dtype}; only floating "
                                  f"point parameters can be generated or trained.")
-        object.__setattr__(self, "abstract_params", abs_params)
-        object.__setattr__(self, "treedef", treedef)
-        object.__setattr__(self, "leaves", leaves)
 
     # ---------------------------------------------------------------- structure
     @property
@@ -80,6 +113,7 @@ class TargetSpec:
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
+        """{path: shape}."""
         return {p: tuple(l.shape) for p, l in self.leaves.items()}
 
     @property
@@ -87,41 +121,59 @@ class TargetSpec:
         """Total number of scalar parameters."""
         return sum(math.prod(l.shape) for l in self.leaves.values())
 
-    num_params = size
+    @property
+    def abstract_params(self) -> Any:
+        """Pytree of `jax.ShapeDtypeStruct`: the exact structure generators must emit."""
+        return jax.tree_util.tree_unflatten(self.treedef, list(self.leaves.values()))
 
-    def select(self, where: _paths.Where, who: str = "TargetSpec.select") -> tuple[str, ...]:
+    @functools.cached_property
+    def _unravel(self) -> tuple[Any, Callable[[Array], Any]]:
+        # derived once from the (immutable) leaves: jax.eval_shape costs ~3.5 ms per call eagerly
+        return _unravel_for(self.abstract_params)
+
+    def select(self, where: _paths.Where) -> tuple[str, ...]:
         """Paths of the leaves matched by a glob, a list of globs or a `(path, leaf) -> bool` predicate.
 
-        Raises ValueError listing the available paths if nothing matches.
+        Raises:
+          TypeError: `where` is not a glob, a list of globs or a predicate.
+          ValueError: nothing matches (the message lists the available paths).
         """
-        sel = _paths.as_selector(where)
-        chosen = tuple(p for p, l in self.leaves.items() if sel(p, l))
-        if not chosen:
-            raise checks.no_match(where, self.paths, who)
-        return chosen
+        return select_paths(self, where, "TargetSpec.select")
 
     # ---------------------------------------------------------------- params
     def init(self, key: PRNGKey) -> Params:
-        """Ordinary concrete parameters, from the framework's own initialisers."""
+        """Ordinary concrete parameters, from the framework's own initialisers (or `init_moments`)."""
+        if self.init_fn is None:
+            return _moment_init(self, key)
         return self.init_fn(key)
 
     def zeros(self) -> Params:
+        """Params of zeros with the spec's tree, shapes and dtypes."""
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.abstract_params)
 
-    def check(self, params: Params, who: str = "TargetSpec.check") -> None:
-        """Raise a ValueError naming the first leaf path whose structure, shape or dtype differs."""
-        checks.tree_matches(params, self.leaves, self.treedef, who,
-                            hint=f" The spec was built from a {self.framework} target; rebuild it if the model "
-                                 f"or its example input changed.")
+    def check(self, params: Params) -> None:
+        """Check `params` against the spec (at trace time: free under `jit`).
+
+        Raises:
+          ValueError: naming the missing / unexpected paths, or the first leaf whose shape or dtype differs.
+        """
+        check_params(self, params, "TargetSpec.check")
 
     def apply(self, params: Params, *args: Any, **kwargs: Any) -> Any:
-        """Run the target with `params` (checked against the spec at trace time)."""
-        self.check(params, who="TargetSpec.apply")
+        """Run the target with `params` (checked against the spec at trace time).
+
+        Raises:
+          ValueError: `params` (or, for a spec with state, `state`) does not match; the spec has no apply_fn.
+        """
+        check_params(self, params, "TargetSpec.apply")
+        if self.apply_fn is None:
+            raise ValueError("hyperjax.TargetSpec.apply: this spec describes a parameter tree and has no apply "
+                             "function; build it with spec_from_params(apply_fn, params).")
         if self.abstract_state is not None:
             if not args:
                 raise ValueError("hyperjax.TargetSpec.apply: this spec threads state; call "
                                  "apply(params, state, *args) -> (output, new_state).")
-            state = abstract(self.abstract_state)
+            state = self.abstract_state
             checks.tree_matches(args[0], dict(_paths.leaves_with_paths(state)),
                                 jax.tree_util.tree_structure(state), "TargetSpec.apply", what="state",
                                 hint=" This spec threads non-parameter state: call apply(params, state, *args) "
@@ -129,17 +181,30 @@ class TargetSpec:
         return self.apply_fn(params, *args, **kwargs)
 
     def init_state(self, key: PRNGKey) -> Any:
+        """Initial non-parameter state.
+
+        Raises:
+          ValueError: the spec has no non-parameter state.
+        """
         if self.init_state_fn is None:
             raise ValueError("hyperjax.TargetSpec.init_state: this spec has no non-parameter state.")
         return self.init_state_fn(key)
 
     def leaf_dict(self, params: Params) -> dict[str, Array]:
-        """params -> {path: leaf}, in spec order (checked)."""
-        self.check(params, who="TargetSpec.leaf_dict")
+        """params -> {path: leaf}, in spec order.
+
+        Raises:
+          ValueError: `params` does not match the spec.
+        """
+        check_params(self, params, "TargetSpec.leaf_dict")
         return dict(_paths.leaves_with_paths(params))
 
     def from_leaves(self, leaves: Mapping[str, Array]) -> Params:
-        """{path: leaf} -> params tree; every path must be present with the spec's shape and dtype."""
+        """{path: leaf} -> params tree; every path must be present with the spec's shape and dtype.
+
+        Raises:
+          ValueError: missing or unexpected paths, or a leaf whose shape or dtype differs.
+        """
         missing = [p for p in self.leaves if p not in leaves]
         unexpected = [p for p in leaves if p not in self.leaves]
         if missing or unexpected:
@@ -152,30 +217,37 @@ class TargetSpec:
         return jax.tree_util.tree_unflatten(self.treedef, [leaves[p] for p in self.leaves])
 
     def flatten(self, params: Params) -> Array:
-        """params -> f[size] vector in path order, leaves cast to their common (standard-promotion) dtype.
+        """params -> f[size] vector in path order (`jax.flatten_util.ravel_pytree`).
 
-        Mixed dtypes (e.g. a bfloat16 kernel beside float32 biases) are cast explicitly, so this also works
-        under `jax_numpy_dtype_promotion="strict"`; `unflatten` casts each leaf back.
+        Mixed dtypes (e.g. a bfloat16 kernel beside float32 biases) are cast to their standard-promotion
+        dtype explicitly, so this also works under `jax_numpy_dtype_promotion="strict"`; `unflatten` casts
+        each leaf back.
+
+        Raises:
+          ValueError: `params` does not match the spec.
         """
-        self.check(params, who="TargetSpec.flatten")
+        check_params(self, params, "TargetSpec.flatten")
         with jax.numpy_dtype_promotion("standard"):
-            dtype = jnp.result_type(*(l.dtype for l in self.leaves.values()))
-        return jnp.concatenate([jnp.ravel(l).astype(dtype) for l in jax.tree.leaves(params)])
+            return ravel_pytree(params)[0]
 
     def unflatten(self, flat: Array, paths: Sequence[str] | None = None) -> Any:
-        """f[n] vector -> params (or {path: leaf} for a subset of `paths`), each leaf cast to its dtype."""
+        """f[n] vector -> params (or {path: leaf} for the leaves `paths`, in that order), each leaf cast to
+        its dtype. Built on `ravel_pytree`'s unravel (one `lax.split`), after casting `flat` to the flat dtype.
+
+        Raises:
+          ValueError: `flat` is not a vector of exactly the number of scalars of the chosen leaves.
+          KeyError: a path in `paths` is not a leaf of the spec.
+        """
         chosen = self.paths if paths is None else tuple(paths)
         need = sum(math.prod(self.leaves[p].shape) for p in chosen)
         if jnp.ndim(flat) != 1 or jnp.shape(flat)[0] != need:
             raise ValueError(f"hyperjax.TargetSpec.unflatten: expected a vector of {need} values for "
                              f"{len(chosen)} leaves, got shape {tuple(jnp.shape(flat))}.")
-        out, offset = {}, 0
-        for p in chosen:
-            s = self.leaves[p]
-            n = math.prod(s.shape)
-            out[p] = flat[offset:offset + n].reshape(s.shape).astype(s.dtype)
-            offset += n
-        return self.from_leaves(out) if paths is None else out
+        if paths is None:
+            dtype, unravel = self._unravel
+            return unravel(jnp.asarray(flat).astype(dtype))
+        dtype, unravel = _unravel_for([self.leaves[p] for p in chosen])
+        return dict(zip(chosen, unravel(jnp.asarray(flat).astype(dtype))))
 
     # ---------------------------------------------------------------- initialisation statistics
     def fans(self, path: str) -> tuple[int, int]:
@@ -216,27 +288,79 @@ class TargetSpec:
         return f"TargetSpec({self.framework}, {self.size} params, {{{body}{more}}})"
 
 
-def spec_from_params(apply_fn: Callable[..., Any], example_params: Any, *,
+def select_paths(target: TargetSpec, where: _paths.Where, who: str) -> tuple[str, ...]:
+    """Paths of `target`'s leaves matched by `where` (glob(s) or `(path, leaf) -> bool`), in flatten order.
+
+    The internal form of `TargetSpec.select`: errors start with "hyperjax.<who>".
+
+    Raises:
+      TypeError: `where` is not a glob, a list of globs or a predicate.
+      ValueError: nothing matches (the message lists the available paths).
+    """
+    sel = _paths.as_selector(where, who)
+    chosen = tuple(p for p, l in target.leaves.items() if sel(p, l))
+    if not chosen:
+        raise checks.no_match(where, target.paths, who)
+    return chosen
+
+
+def check_params(target: TargetSpec, params: Params, who: str) -> None:
+    """The internal form of `TargetSpec.check`: errors start with "hyperjax.<who>".
+
+    Raises:
+      ValueError: naming the missing / unexpected paths, or the first leaf whose shape or dtype differs.
+    """
+    checks.tree_matches(params, target.leaves, target.treedef, who,
+                        hint=f" The spec was built from a {target.framework} target; rebuild it if the model "
+                             f"or its example input changed.")
+
+
+def leaves_and_treedef(abstract_params: Any) -> tuple[Mapping[str, jax.ShapeDtypeStruct], Any]:
+    """Pytree (arrays or ShapeDtypeStructs) -> (read-only {path: ShapeDtypeStruct}, treedef).
+
+    Raises:
+      ValueError: two leaves have the same path string.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract(abstract_params))
+    leaves = {_paths.path_str(kp): leaf for kp, leaf in flat}
+    if len(leaves) != len(flat):
+        counts = collections.Counter(_paths.path_str(kp) for kp, _ in flat)
+        dup = [p for p, n in counts.items() if n > 1]
+        raise ValueError(f"hyperjax.TargetSpec: two leaves have the same path string "
+                         f"{', '.join(repr(p) for p in dup)} (a key containing '/' beside nested keys); "
+                         f"rename one.")
+    return types.MappingProxyType(leaves), treedef
+
+
+def spec_from_params(apply_fn: Callable[..., Any] | None, example_params: Any, *,
                      init_fn: Callable[[PRNGKey], Params] | None = None, layout: str = "in_out",
-                     framework: str = "function") -> TargetSpec:
-    """Spec from a plain `apply_fn(params, *args)` and example params (arrays or ShapeDtypeStructs).
+                     framework: str = "function", abstract_state: Any = None,
+                     init_state_fn: Callable[[PRNGKey], Any] | None = None) -> TargetSpec:
+    """The one way a TargetSpec is built: from `apply_fn(params, *args)` and example params (arrays or
+    ShapeDtypeStructs, only their shapes and dtypes are kept).
 
     Without `init_fn`, `init(key)` draws LeCun-normal kernels and PyTorch-style uniform vectors
     using `TargetSpec.init_moments`.
+
+    Raises:
+      TypeError: apply_fn / init_fn not callable.
+      ValueError: two leaves with one path string, no leaves, a non-floating leaf, an unknown layout.
     """
-    spec = TargetSpec(apply_fn=apply_fn, abstract_params=example_params, init_fn=lambda key: None,
-                      layout=layout, framework=framework)
-    if init_fn is None:
-        def init_fn(key: PRNGKey) -> Params:
-            keys = jax.random.split(key, len(spec.leaves))
-            out = {}
-            for k, (p, s) in zip(keys, spec.leaves.items()):
-                mean, var = spec.init_moments(p)
-                if len(s.shape) >= 2:
-                    out[p] = (jax.random.normal(k, s.shape, jnp.float32) * np.sqrt(var)).astype(s.dtype)
-                else:
-                    lim = np.sqrt(3.0 * var)
-                    out[p] = (mean + jax.random.uniform(k, s.shape, jnp.float32, -lim, lim)).astype(s.dtype)
-            return spec.from_leaves(out)
-    object.__setattr__(spec, "init_fn", init_fn)
-    return spec
+    leaves, treedef = leaves_and_treedef(example_params)
+    return TargetSpec(apply_fn=apply_fn, leaves=leaves, treedef=treedef, init_fn=init_fn, layout=layout,
+                      framework=framework, abstract_state=None if abstract_state is None else abstract(abstract_state),
+                      init_state_fn=init_state_fn)
+
+
+def _moment_init(spec: TargetSpec, key: PRNGKey) -> Params:
+    """Default init: LeCun-normal kernels and uniform vectors with the moments of `spec.init_moments`."""
+    keys = jax.random.split(key, len(spec.leaves))
+    out = {}
+    for k, (p, s) in zip(keys, spec.leaves.items()):
+        mean, var = spec.init_moments(p)
+        if len(s.shape) >= 2:
+            out[p] = (jax.random.normal(k, s.shape, jnp.float32) * np.sqrt(var)).astype(s.dtype)
+        else:
+            lim = np.sqrt(3.0 * var)
+            out[p] = (mean + jax.random.uniform(k, s.shape, jnp.float32, -lim, lim)).astype(s.dtype)
+    return spec.from_leaves(out)

@@ -16,7 +16,7 @@ to leaf paths, with linen's `map_variables` transform (transpose, slice, flip) o
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from hyperjax._src import paths as _paths
-from hyperjax._src.spec import TargetSpec, spec_from_params
+from hyperjax._src.spec import TargetSpec, check_params, leaves_and_treedef, spec_from_params
 from hyperjax._src.types import Params, PRNGKey
 
 _WHO = "hyperjax.tie"
@@ -107,9 +107,9 @@ def _full_spec(target: Any) -> tuple[TargetSpec, Callable[[str], tuple[TargetSpe
             return {n: specs[n].apply(params[n], x, **kwargs) for n, x in inputs.items()}
 
         layouts = {s.layout for s in specs.values()}
-        full = TargetSpec(apply_fn=apply_fn, abstract_params={n: s.abstract_params for n, s in specs.items()},
-                          init_fn=init_fn, layout=layouts.pop() if len(layouts) == 1 else "in_out",
-                          framework="+".join(s.framework for s in specs.values()))
+        full = spec_from_params(apply_fn, {n: s.abstract_params for n, s in specs.items()}, init_fn=init_fn,
+                                layout=layouts.pop() if len(layouts) == 1 else "in_out",
+                                framework="+".join(s.framework for s in specs.values()))
 
         def origin(path: str) -> tuple[TargetSpec, str]:
             name, _, rest = path.partition("/")
@@ -169,10 +169,12 @@ class Tied(TargetSpec):
     Params of a Tied spec ("free params") are a nested dict keyed by path parts holding every leaf of
     `full` except the dests. `apply(free, *args)` = `full.apply(expand(free), *args)`; generators,
     `partial` generation, `per_sample`, Optax training and checkpointing all see only the free tree.
+    Built once by `tie` (its `apply_fn` and `init_fn` are None: `apply` and `init` go through `full`).
 
     Attributes:
       full: the TargetSpec of the whole tree (for a dict of targets, `apply(params, {name: x})`).
       links: {dest: (source, fn)} as declared; roots: {dest: (free source, fns in order)} after chains.
+      origin: `origin(path) -> (spec, path inside it)`, the target a free leaf comes from (fans, init moments).
     """
 
     full: Any = None
@@ -180,10 +182,27 @@ class Tied(TargetSpec):
     roots: Any = None
     origin: Any = None
 
+    def apply(self, params: Params, *args: Any, **kwargs: Any) -> Any:
+        """`full.apply(expand(free), *args)`.
+
+        Raises:
+          ValueError: the free params do not match (see `expand`), or `full` rejects its inputs.
+        """
+        return self.full.apply(self.expand(params), *args, **kwargs)
+
+    def init(self, key: PRNGKey) -> Params:
+        """Free params: `collapse(full.init(key))`."""
+        return self.collapse(self.full.init(key))
+
     # ---------------------------------------------------------------- conversion
     def expand(self, free: Params) -> Params:
-        """free params (nested dict, checked) -> the full tree, every dest = fn(source). Differentiable."""
-        leaves = self.leaf_dict(free)   # raises naming missing / unexpected / mismatched paths
+        """free params (nested dict, checked) -> the full tree, every dest = fn(source). Differentiable.
+
+        Raises:
+          ValueError: naming missing / unexpected free paths or a leaf whose shape or dtype differs.
+        """
+        check_params(self, free, "tie.expand")
+        leaves = dict(_paths.leaves_with_paths(free))
         full = {}
         for path in self.full.paths:
             if path in self.roots:
@@ -197,8 +216,13 @@ class Tied(TargetSpec):
         return self.full.from_leaves(full)
 
     def collapse(self, params: Params) -> Params:
-        """Full tree -> free params: the dests are dropped (their values are discarded, sources win)."""
-        leaves = self.full.leaf_dict(params)
+        """Full tree -> free params: the dests are dropped (their values are discarded, sources win).
+
+        Raises:
+          ValueError: `params` does not match `full`.
+        """
+        check_params(self.full, params, "tie.collapse")
+        leaves = dict(_paths.leaves_with_paths(params))
         return _paths.nest({p: leaves[p] for p in self.paths})
 
     def consistent(self, params: Params, atol: float = 0.0) -> bool:
@@ -259,7 +283,8 @@ def tie(target: Any, ties: Any = (), *, source: str | None = None, dest: str | S
         patterns = (t.dest,) if isinstance(t.dest, str) else tuple(t.dest)
         if not patterns or not all(isinstance(p, str) for p in patterns):
             raise TypeError(f"{_WHO}: dest must be a path, a glob or a list of them, got {t.dest!r}.")
-        dests = [p for p in available if p != t.source and any(fnmatch.fnmatchcase(p, g) for g in patterns)]
+        sel = _paths.select(*patterns)
+        dests = [p for p in available if p != t.source and sel(p, full.leaves[p])]
         if not dests:
             raise _unknown_dest(t.dest, t.source, available)
         s_struct = full.leaves[t.source]
@@ -278,18 +303,8 @@ def tie(target: Any, ties: Any = (), *, source: str | None = None, dest: str | S
                 raise _shape_mismatch(t.source, s_struct, d, d_struct, got, t.fn)
             links[d] = (t.source, t.fn)
     roots = _resolve(links)
-    free_paths = [p for p in available if p not in links]
-    abstract_free = _paths.nest({p: full.leaves[p] for p in free_paths})
-    holder: dict[str, Tied] = {}
-
-    def apply_fn(free: Params, *args: Any, **kwargs: Any) -> Any:
-        return full.apply(holder["tied"].expand(free), *args, **kwargs)
-
-    def init_fn(key: PRNGKey) -> Params:
-        return holder["tied"].collapse(full.init(key))
-
-    tied = Tied(apply_fn=apply_fn, abstract_params=abstract_free, init_fn=init_fn, layout=full.layout,
+    leaves, treedef = leaves_and_treedef(_paths.nest({p: full.leaves[p] for p in available if p not in links}))
+    return Tied(apply_fn=None, leaves=leaves, treedef=treedef, init_fn=None, layout=full.layout,
                 framework=full.framework, abstract_state=full.abstract_state, init_state_fn=full.init_state_fn,
-                full=full, links=dict(links), roots=roots, origin=origin)
-    holder["tied"] = tied
-    return tied
+                full=full, links=types.MappingProxyType(dict(links)), roots=types.MappingProxyType(roots),
+                origin=origin)

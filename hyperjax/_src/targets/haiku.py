@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from hyperjax._src import checks
-from hyperjax._src.spec import TargetSpec
+from hyperjax._src.spec import TargetSpec, spec_from_params
 
 
 def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, **example_kwargs: Any) -> TargetSpec:
@@ -52,10 +52,10 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
         def apply_fn(params, *args, **kwargs):
             out = call(params, {}, args, dict(kwargs))
             return out[0] if stateful else out
-        return TargetSpec(apply_fn=apply_fn, abstract_params=abs_params, init_fn=init_fn, framework="haiku")
+        return spec_from_params(apply_fn, abs_params, init_fn=init_fn, framework="haiku")
 
     def apply_with_state(params, state, *args, **kwargs):
         return call(params, state, args, dict(kwargs))
 
-    return TargetSpec(apply_fn=apply_with_state, abstract_params=abs_params, init_fn=init_fn, framework="haiku",
-                      abstract_state=abs_state, init_state_fn=lambda key: init_all(key, example_args, example_kwargs)[1])
+    return spec_from_params(apply_with_state, abs_params, init_fn=init_fn, framework="haiku", abstract_state=abs_state,
+                            init_state_fn=lambda key: init_all(key, example_args, example_kwargs)[1])

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from hyperjax._src import checks
-from hyperjax._src.spec import TargetSpec
+from hyperjax._src.spec import TargetSpec, spec_from_params
 
 
 def from_linen(module: Any, *example_args: Any, with_state: bool = False, **example_kwargs: Any) -> TargetSpec:
@@ -42,8 +42,7 @@ def from_linen(module: Any, *example_args: Any, with_state: bool = False, **exam
     if not state_cols:
         def apply_fn(params, *args, **kwargs):
             return module.apply({"params": params}, *args, **kwargs)
-        return TargetSpec(apply_fn=apply_fn, abstract_params=variables["params"], init_fn=init_fn,
-                          layout="in_out", framework="linen")
+        return spec_from_params(apply_fn, variables["params"], init_fn=init_fn, layout="in_out", framework="linen")
 
     def apply_with_state(params, state, *args, **kwargs):
         return module.apply({"params": params, **state}, *args, mutable=state_cols, **kwargs)
@@ -52,6 +51,6 @@ def from_linen(module: Any, *example_args: Any, with_state: bool = False, **exam
         v = module.init(key, *example_args, **example_kwargs)
         return {c: v[c] for c in state_cols}
 
-    return TargetSpec(apply_fn=apply_with_state, abstract_params=variables["params"], init_fn=init_fn,
-                      layout="in_out", framework="linen",
-                      abstract_state={c: variables[c] for c in state_cols}, init_state_fn=init_state)
+    return spec_from_params(apply_with_state, variables["params"], init_fn=init_fn, layout="in_out",
+                            framework="linen", abstract_state={c: variables[c] for c in state_cols},
+                            init_state_fn=init_state)
