@@ -34,9 +34,9 @@ MULTI_DEVICE = textwrap.dedent("""
     for _ in range(3):
         ref, m_ref = step(ref, (x, y, task))
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    rules = [("mlp/1/w", P(None, "model")), ("mlp/1/b", P("model"))]
+    rules = [("hyper/mlp/1/w", P(None, "model")), ("hyper/mlp/1/b", P("model"))]
     hp_sharded = hjs.place(hp, mesh, rules)
-    assert hp_sharded["mlp"][1]["w"].sharding.spec == P(None, "model")
+    assert hp_sharded["hyper"]["mlp"][1]["w"].sharding.spec == P(None, "model")
     batch = jax.device_put((x, y, task), hjs.batch_sharding(mesh))
     st = hj.training.init_state(hp_sharded, opt, jax.random.key(2))
     for _ in range(3):
@@ -44,7 +44,7 @@ MULTI_DEVICE = textwrap.dedent("""
     np.testing.assert_allclose(float(m["loss"]), float(m_ref["loss"]), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(ref.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-    assert len(st.params["mlp"][1]["w"].sharding.device_set) == 8
+    assert len(st.params["hyper"]["mlp"][1]["w"].sharding.device_set) == 8
     print("SHARDED_OK", float(m["loss"]))
 """)
 
@@ -86,6 +86,28 @@ def test_indivisible_axis_is_an_error():
     with pytest.raises(ValueError, match=r"leaf 'w' axis of size 4 does not divide over mesh axes 'data' of size 3"):
         hjs.spec_for("w", (4,), FakeMesh(), [("w", P("data"))])
     assert hjs.spec_for("w", (4,), mesh, [("w", P("data"))]) == P("data")
+
+
+def test_rules_match_through_select_globs_lists_and_predicates():
+    tree = {"hyper": {"mlp": [{"w": np.zeros((4, 2))}]}, "direct": {"Dense_0": {"kernel": np.zeros((2, 2))}}}
+    sh = hjs.shardings(tree, _mesh(), [("*/w", P("data")),                          # `*` crosses '/'
+                                       (lambda p, leaf: leaf.shape == (2, 2), P(None, "data"))])
+    assert sh["hyper"]["mlp"][0]["w"].spec == P("data")
+    assert sh["direct"]["Dense_0"]["kernel"].spec == P(None, "data")
+    assert hjs.shardings(tree, _mesh(), [(["nope", "direct/*"], P("data"))])["direct"]["Dense_0"]["kernel"].spec == P("data")
+    assert hjs.spec_for("hyper/mlp/0/w", (4, 2), _mesh(), [("hyper/*", P("data"))]) == P("data")
+
+
+@pytest.mark.parametrize("rules,default,match", [
+    ("*", P(), r"`rules` must be a sequence of \(glob, PartitionSpec\) pairs, got str"),
+    ([("*", "data")], P(), r"each rule must be a \(glob, PartitionSpec\) pair, got \('\*', 'data'\)"),
+    ([(P("data"), "*")], P(), r"each rule must be a \(glob, PartitionSpec\) pair"),
+    ([(3, P("data"))], P(), r"`where` must be a glob string, a list of globs or a .* got int"),
+    ((), "data", r"`default` must be a PartitionSpec, got str"),
+], ids=["str-rules", "str-spec", "swapped", "int-glob", "default"])
+def test_malformed_rules_are_type_errors(rules, default, match):
+    with pytest.raises(TypeError, match=r"^hyperjax.sharding: " + match):
+        hjs.shardings({"w": np.zeros(4)}, _mesh(), rules, default)
 
 
 def test_abstract_with_shardings_for_restore():
