@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: warm-up excluded, medians, compile time apart from step time."""
+"""Helpers shared by the benchmarks: timing (warm-up excluded, medians, compile time apart from step time),
+the environment, JSON and markdown files, the digits batches, figures, and reading numbers back from JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -78,3 +79,22 @@ def digits_batches(batch: int = 128):
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int32)
     return [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(len(x) // batch)]
+
+
+def savefig(fig: Any, path: str) -> str:
+    """Save a matplotlib figure (Agg backend, 110 dpi, tight box) to `path`, creating its folder; -> path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def walk_numbers(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, number) for every number in a JSON tree (lists and booleans are skipped)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from walk_numbers(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield prefix, float(tree)

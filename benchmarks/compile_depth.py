@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 import hyperjax as hj
-from benchmarks import _common
+from benchmarks import _common, _hparams
 
 NAME = "compile_depth"
 GOAL_RATIO = 1.5            # issue 4: L=32 at most 1.5x the compile time of L=2 (issue 6 asks 1.3x)
@@ -138,15 +138,15 @@ def run(cfg: dict, quick: bool) -> dict[str, Any]:
         step_ms = _common.timeit(one, warmup=3, repeats=cfg["step_repeats"])["median_ms"]
         _, _, spec, gen = build(variant, depth, cfg, key)
         hp = jax.eval_shape(gen.init, key)
-        gen_weights = sum(int(v.size) for g in hp["per_layer"].values() for k, v in g.items() if k != "layer_emb")
+        sizes = _hparams.per_layer_sizes(hp)
         lower = statistics.median(r["lower_s"] for r in runs)
         comp = statistics.median(r["compile_s"] for r in runs)
         rows.append({"variant": variant, "depth": depth, "lower_s": lower, "compile_s": comp, "total_s": lower + comp,
                      "total_all_s": [r["lower_s"] + r["compile_s"] for r in runs], "hlo_chars": last["hlo_chars"],
                      "step_median_ms": step_ms, "generated_params": sum(
                          int(spec.leaves[p].size) for p in spec.paths if p.startswith("hidden")),
-                     "generator_weights": gen_weights,
-                     "layer_emb": sum(int(g["layer_emb"].size) for g in hp["per_layer"].values())})
+                     "generator_weights": sizes["generator_weights"],
+                     "layer_emb": sizes["layer_emb"]})
     d0, d1 = cfg["depths"][0], cfg["depths"][-1]
     ratios = {}
     for variant in VARIANTS:

@@ -3,9 +3,9 @@
     python -m benchmarks.modulation            # both MLPs, batch 256 (about a minute on 2 CPU cores)
     python -m benchmarks.modulation --quick    # tiny sizes, for tests
 
-Generators: `hj.generators.low_rank(spec, 8, rank=4)` (W(c) = W0 + U diag(s(c)) V^T) and
-`hj.generators.scale_modulation(spec, 8, mode="rowcol")` (W(c) = W0 * a(c) b(c)^T), hidden=(32,), on every
-kernel of a linen MLP (biases are ordinary params). Each of the batch's 256 examples has its own condition.
+Generators: `hj.generators.low_rank(spec, cond_dim=8, rank=4)` (W(c) = W0 + U diag(s(c)) V^T) and
+`hj.generators.scale_modulation(spec, cond_dim=8, mode="rowcol")` (W(c) = W0 * a(c) b(c)^T), hidden=(32,),
+on every kernel of a linen MLP (biases are ordinary params). Each of the batch's 256 examples has its own condition.
 
 * materialise: `hj.per_sample(gen, spec)` = jax.vmap over examples of (gen.apply -> spec.apply): a batch of
                full weight sets, B x (sum of kernel sizes) floats, then batched matrix-vector products.
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 import hyperjax as hj
-from benchmarks import _common
+from benchmarks import _common, _hparams
 
 NAME = "modulation"
 GOAL_SPEEDUP = 5.0
@@ -69,8 +69,7 @@ def variants(gen, spec, n_layers: int) -> dict[str, Any]:
     per_sample = hj.per_sample(gen, spec)
 
     def base_only(hp, conds, xs):
-        p = {k: {"kernel": hp["base"][k]["kernel"], "bias": hp["direct"][k]["bias"]} for k in hp["base"]}
-        return forward(p, xs, n_layers)
+        return forward(_hparams.modulation_base(hp), xs, n_layers)
 
     return {"materialise": per_sample,
             "factorised": lambda hp, conds, xs: forward(gen.factors(hp, conds), xs, n_layers),
@@ -106,9 +105,9 @@ def timed_rounds(fns: dict[str, Any], rounds: int, warmup: int, budget_s: float 
 def run_case(kind: str, widths: tuple[int, ...], cfg: dict) -> dict[str, Any]:
     spec = hj.targets.from_linen(MLP(tuple(widths[1:])), jnp.zeros((1, widths[0]), jnp.float32))
     if kind == "low_rank":
-        gen = hj.generators.low_rank(spec, cfg["cond_dim"], rank=cfg["rank"], hidden=cfg["hidden"])
+        gen = hj.generators.low_rank(spec, cond_dim=cfg["cond_dim"], rank=cfg["rank"], hidden=cfg["hidden"])
     else:
-        gen = hj.generators.scale_modulation(spec, cfg["cond_dim"], mode="rowcol", hidden=cfg["hidden"])
+        gen = hj.generators.scale_modulation(spec, cond_dim=cfg["cond_dim"], mode="rowcol", hidden=cfg["hidden"])
     n_layers = len(widths) - 1
     k_hp, k_c, k_x = jax.random.split(jax.random.key(0), 3)
     hp = jax.jit(gen.init)(k_hp)

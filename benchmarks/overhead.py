@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 
 import hyperjax as hj
-from benchmarks import _common
+from benchmarks import _common, _hparams
 
 NAME = "overhead"
 GOAL_RATIO = 1.05
@@ -110,9 +110,9 @@ def handwritten(case: dict, opt: optax.GradientTransformation):
     layout = leaf_layout(widths)
 
     def generate(p):
-        (l0, l1), task = p["mlp"], p["cond_emb"][0]
+        (l0, l1), task = _hparams.mlp(p), _hparams.cond_emb(p)[0]
         if chunked:   # hidden features of every chunk, centred over chunks, then one shared output layer
-            h = jax.vmap(lambda e: jax.nn.relu(jnp.concatenate([task, e]) @ l0["w"] + l0["b"]))(p["chunk_emb"])
+            h = jax.vmap(lambda e: jax.nn.relu(jnp.concatenate([task, e]) @ l0["w"] + l0["b"]))(_hparams.chunk_emb(p))
             h = h - jnp.mean(h, axis=0, keepdims=True)
             flat = (h @ l1["w"] + l1["b"][None]).reshape(-1)
         else:
@@ -155,20 +155,22 @@ def cost(compiled) -> dict:
         return {"error": repr(e)}
 
 
-def run_case(name: str, case: dict, batches: list, repeats: int, warmup: int) -> dict:
-    opt = optax.adam(1e-3)
-    hparams, lib_steps, spec = library(case, opt)
-    hw_step = handwritten(case, opt)
-    x0, y0 = batches[0]
-
-    # each implementation: (jitted fn, its argument-state, call(state, x, y) -> (new state, outputs))
-    impls = {
+def implementations(hparams, lib_steps: dict, hw_step, opt: optax.GradientTransformation) -> dict:
+    """{name: (jitted fn, its argument-state, call(f, state, x, y) -> (new state, outputs))}."""
+    return {
         **{k: (f, hj.training.init_state(hparams, opt, None if k == "hyperjax" else jax.random.key(1)),
                lambda f, st, x, y: (lambda out: (out[0], out))(f(st, (x, y))))
            for k, f in lib_steps.items()},
         "handwritten": (hw_step, (jax.tree.map(jnp.copy, hparams), opt.init(hparams)),
                         lambda f, st, x, y: (lambda out: (out[:2], out))(f(*st, x, y))),
     }
+
+
+def first_steps(name: str, impls: dict, lib_steps: dict, x0, y0) -> tuple[dict, dict, dict, dict]:
+    """Compile each implementation apart, then take one step: -> (state, compile_s, costs, diffs).
+
+    Raises AssertionError when a library step's first loss or new params differ from the hand-written one's
+    (the same function from the same hparams gives the same loss and update)."""
     state, compile_s, costs, first = {}, {}, {}, {}
     for k, (f, st, call) in impls.items():
         args = (st, (x0, y0)) if k != "handwritten" else (*st, x0, y0)
@@ -179,8 +181,6 @@ def run_case(name: str, case: dict, batches: list, repeats: int, warmup: int) ->
         state[k], out = call(f, st, x0, y0)
         first[k] = (float(out[1]["loss"] if k != "handwritten" else out[2]),
                     jax.tree.leaves(state[k].params if k != "handwritten" else state[k][0]))
-
-    # same function: one step from the same hparams gives the same loss and the same new params
     ref_loss, ref_params = first["handwritten"]
     diffs = {}
     for k in lib_steps:
@@ -189,7 +189,11 @@ def run_case(name: str, case: dict, batches: list, repeats: int, warmup: int) ->
         if diffs[k][0] > 1e-4 * max(1.0, abs(ref_loss)) or diffs[k][1] > 1e-5:
             raise AssertionError(f"{name}: {k} and hand-written steps differ (loss {diffs[k][0]:.3g}, params "
                                  f"{diffs[k][1]:.3g}); the benchmark would compare different functions.")
+    return state, compile_s, costs, diffs
 
+
+def time_rounds(impls: dict, state: dict, batches: list, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """{name: ms per step}: after warm-up, one step of each per round, in an order that rotates and flips."""
     counter = dict.fromkeys(impls, 0)
 
     def one(k):
@@ -210,6 +214,16 @@ def run_case(name: str, case: dict, batches: list, repeats: int, warmup: int) ->
         order = names[r % len(names):] + names[:r % len(names)]
         for k in (order if r % 2 == 0 else order[::-1]):
             times[k].append(one(k))
+    return times
+
+
+def run_case(name: str, case: dict, batches: list, repeats: int, warmup: int) -> dict:
+    opt = optax.adam(1e-3)
+    hparams, lib_steps, spec = library(case, opt)
+    impls = implementations(hparams, lib_steps, handwritten(case, opt), opt)
+    x0, y0 = batches[0]
+    state, compile_s, costs, diffs = first_steps(name, impls, lib_steps, x0, y0)
+    times = time_rounds(impls, state, batches, repeats, warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     paired = {k: statistics.median(a / b for a, b in zip(times[k], times["handwritten"])) for k in lib_steps}
     n_blocks = 3 if repeats >= 30 else 1                # spread: the ratio over each third of the rounds

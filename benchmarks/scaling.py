@@ -19,6 +19,10 @@ import jax.numpy as jnp
 
 import hyperjax as hj
 from benchmarks import _common
+from benchmarks._problem import BATCH, CHUNK, EMB, HIDDEN, mlp_spec
+from benchmarks._report import render, section
+from benchmarks._steps import hyperjax_step
+from benchmarks._timing import jax_step_entry, measure
 
 FULL_SIZES = (10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
 QUICK_SIZES = (10_000, 100_000)
@@ -47,8 +51,6 @@ def memory(compiled: Any) -> dict[str, float | None]:
 def run(quick: bool, reps: tuple[int, int], batches: Sequence[Any], key: jax.Array, out_dir: str,
         suffix: str | None = None, sizes: Sequence[int] | None = None) -> dict[str, Any]:
     """Measure every (generator, size) point; write scaling_time{suffix}.png and scaling_memory{suffix}.png."""
-    from benchmarks.run_all import CHUNK, EMB, HIDDEN, hyperjax_step, jax_step_entry, measure, mlp_spec, section
-
     sizes = tuple(sizes or (QUICK_SIZES if quick else FULL_SIZES))
     suffix = ("_quick" if quick else "") if suffix is None else suffix
     warmup, repeats = reps
@@ -97,8 +99,6 @@ def plots(rows: Sequence[dict], out_dir: str, suffix: str, skipped: Sequence[dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments._common import savefig
-
     paths = []
     for key, ylabel, name in (("median_ms", "step time (ms, median)", "scaling_time"),
                               ("peak_mb", "XLA peak memory estimate (MB)", "scaling_memory")):
@@ -116,14 +116,12 @@ def plots(rows: Sequence[dict], out_dir: str, suffix: str, skipped: Sequence[dic
         ax.set_title(f"hyperjax training step: {ylabel.split(' (')[0]}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        paths.append(savefig(fig, os.path.join(out_dir, f"{name}{suffix}.png")))
+        paths.append(_common.savefig(fig, os.path.join(out_dir, f"{name}{suffix}.png")))
         plt.close(fig)
     return paths
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from benchmarks.run_all import BATCH, render
-
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out-dir", default=_common.RESULTS_DIR)

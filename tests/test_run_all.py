@@ -1,6 +1,9 @@
-"""benchmarks.run_all: the JSON schema of a smoke run (not its timings), goals, markdown, helpers; and the
-training-step fix the benchmarks found (hyperjax.training.global_norm)."""
+"""benchmarks.run_all: the JSON schema of a smoke run (not its timings), goals, markdown, helpers, the import
+graph of benchmarks/ (no cycle, public hyperjax names only); and the training-step fix the benchmarks found
+(hyperjax.training.global_norm)."""
 
+import ast
+import glob
 import json
 import os
 import subprocess
@@ -13,7 +16,7 @@ import optax
 import pytest
 
 import hyperjax as hj
-from benchmarks import run_all, scaling
+from benchmarks import _common, _problem, _report, _steps, _timing, case_chunked, run_all, scaling
 from hyperjax._src.training import global_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +78,7 @@ def test_smoke_dense_rows_and_ratio(smoke):
     payload, _, _ = smoke
     case = payload["cases"]["1_dense"]
     rows = {r["name"]: r for r in case["rows"]}
-    hand, lib = rows[run_all.HAND], rows[run_all.lib_name("dense")]
+    hand, lib = rows[_steps.HAND], rows[_steps.lib_name("dense")]
     assert hand["ratio"] == pytest.approx(1.0)
     assert lib["ratio"] == pytest.approx(lib["median_ms"] / hand["median_ms"])
     assert lib["trainable_params"] == 759_418   # the same hypernetwork as hypnettorch's HMLP
@@ -84,7 +87,7 @@ def test_smoke_dense_rows_and_ratio(smoke):
     goal = case["goals"][0]
     assert goal["value"] == pytest.approx(lib["ratio"]) and goal["passed"] == (lib["ratio"] <= 1.05)
     default = case["goals"][1]
-    want = rows[run_all.lib_name("dense", default=True)]["median_ms"] / rows[run_all.HAND_NORM]["median_ms"]
+    want = rows[_steps.lib_name("dense", default=True)]["median_ms"] / rows[_steps.HAND_NORM]["median_ms"]
     assert default["value"] == pytest.approx(want)
 
 
@@ -95,18 +98,67 @@ def test_smoke_per_sample_agrees_with_loop(smoke):
     assert payload["cases"]["3_per_sample"]["modulation"]["available"] in (True, False)
 
 
+# ---------------------------------------------------------------- layout of benchmarks/
+def benchmark_imports() -> dict[str, set[str]]:
+    """{module: every module it imports, at top level or inside a function} for benchmarks/*.py."""
+    graph = {}
+    for path in glob.glob(os.path.join(REPO, "benchmarks", "*.py")):
+        name, found = os.path.splitext(os.path.basename(path))[0], set()
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = found
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle among the benchmarks modules (as a list of names), or None."""
+    edges = {m: {i.split(".")[1] for i in imps if i.startswith("benchmarks.") and i.split(".")[1] in graph}
+             for m, imps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> list[str] | None:
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n] if n in stack else [m, n]
+            if n not in state and (cycle := visit(n, stack + [n])):
+                return cycle
+        state[m] = 2
+        return None
+
+    return next((c for m in sorted(edges) if m not in state and (c := visit(m, [m]))), None)
+
+
+def test_benchmarks_import_graph_has_no_cycle():
+    graph = benchmark_imports()
+    assert {"run_all", "scaling", "case_dense", "_common"} <= set(graph)
+    assert find_cycle(graph) is None, find_cycle(graph)
+    # the check itself finds a cycle when there is one
+    assert find_cycle({**graph, "_common": graph["_common"] | {"benchmarks.run_all"}}) is not None
+
+
+def test_benchmarks_use_only_public_hyperjax_and_no_experiments():
+    for module, imports in benchmark_imports().items():
+        bad = sorted(i for i in imports if i.split(".")[0] == "experiments" or i.startswith("hyperjax._src"))
+        assert not bad, f"benchmarks/{module}.py imports {bad}"
+
+
 # ---------------------------------------------------------------- helpers
 @pytest.mark.parametrize("value,op,target,passed", [
     (1.0, "<=", 1.05, True), (1.2, "<=", 1.05, False), (3.5, ">=", 3.0, True), (2.0, ">=", 3.0, False),
     (None, ">=", 3.0, None),
 ])
 def test_goal(value, op, target, passed):
-    assert run_all.goal("g", value, op, target)["passed"] is passed
+    assert _report.goal("g", value, op, target)["passed"] is passed
 
 
 def test_goal_rejects_unknown_op():
     with pytest.raises(ValueError, match="op must be '<=' or '>='"):
-        run_all.goal("g", 1.0, "<", 1.0)
+        _report.goal("g", 1.0, "<", 1.0)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -132,34 +184,34 @@ def test_no_torch_flag():
 
 def test_chunked_flops_match_reference_estimate():
     """The anchors' common.flops_B for the chunked case: 1473.71 MFLOP per step, 263 chunks."""
-    f = run_all.chunked_flops(run_all.CHUNKED_DIMS, run_all.CHUNK)
+    f = case_chunked.chunked_flops(_problem.CHUNKED_DIMS, _problem.CHUNK)
     assert f["step"] / 1e6 == pytest.approx(1473.71, abs=0.01)
     assert f["hnet_fwd"] / 1e6 == pytest.approx(216.29, abs=0.01)
 
 
 def test_render_markdown(smoke, tmp_path):
     payload, _, _ = smoke
-    text = "\n".join(run_all.render(payload, "CPU"))
+    text = "\n".join(_report.render(payload, "CPU"))
     assert "### 1. Dense hypernetwork" in text and "### Goals" in text
-    assert f"| {run_all.lib_name('dense')} |" in text and "n/a" in text
+    assert f"| {_steps.lib_name('dense')} |" in text and "n/a" in text
     (tmp_path / "run_all.json").write_text(json.dumps(payload))
-    path = run_all.write_results_md(str(tmp_path), str(tmp_path / "RESULTS.md"))
+    path = _report.write_results_md(str(tmp_path), str(tmp_path / "RESULTS.md"))
     assert "## CPU" in open(path).read() and "## GPU" not in open(path).read()
 
 
 def test_walk_finds_nested_numbers():
-    found = dict(run_all._walk({"a": {"speedup": 6.5, "ok": True}, "b": [1], "c": 2}))
+    found = dict(_common.walk_numbers({"a": {"speedup": 6.5, "ok": True}, "b": [1], "c": 2}))
     assert found == {"a.speedup": 6.5, "c": 2.0}
 
 
 @pytest.mark.parametrize("n", [10_000, 100_000, 1_000_000, 10_000_000])
 def test_scaling_width_hits_target_size(n):
     w = scaling.width_for(n)
-    assert abs(run_all.target_params((64, w, w, 10)) - n) / n < 0.02
+    assert abs(_problem.target_params((64, w, w, 10)) - n) / n < 0.02
 
 
 def test_scaling_run_small(tmp_path):
-    batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in run_all._common.digits_batches(32)[:2]]
+    batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in _common.digits_batches(32)[:2]]
     result = scaling.run(quick=True, reps=(0, 2), batches=batches, key=jax.random.key(0), out_dir=str(tmp_path),
                          sizes=(1_000,))
     assert {r["generator"] for r in result["rows"]} == {"dense", "chunked"}
@@ -174,11 +226,11 @@ def test_torch_per_sample_bmm_matches_vmap():
     pytest.importorskip("torch")
     from benchmarks import torch_cases
 
-    runner = torch_cases.Runner("cpu", run_all._common.digits_batches(run_all.PER_SAMPLE_N)[:2])
-    conds = np.random.default_rng(0).normal(size=(run_all.PER_SAMPLE_N, run_all.EMB)).astype(np.float32)
-    entries, checks = torch_cases.case_per_sample(runner, run_all.DENSE_DIMS, run_all.EMB, run_all.HIDDEN, conds)
+    runner = torch_cases.Runner("cpu", _common.digits_batches(_problem.PER_SAMPLE_N)[:2])
+    conds = np.random.default_rng(0).normal(size=(_problem.PER_SAMPLE_N, _problem.EMB)).astype(np.float32)
+    entries, checks = torch_cases.case_per_sample(runner, _problem.DENSE_DIMS, _problem.EMB, _problem.HIDDEN, conds)
     assert checks["max_abs_diff_torch_vmap_vs_bmm"] < 1e-4
-    rows = run_all.measure(entries, warmup=0, repeats=2, rounds=2)
+    rows = _timing.measure(entries, warmup=0, repeats=2, rounds=2)
     assert [r["name"] for r in rows] == ["torch.func.vmap + functional_call", "torch hand-batched bmm"]
     assert all(r["repeats"] == 2 and r["framework"] == "torch" for r in rows)
 
