@@ -215,7 +215,7 @@ def _saved_run(tmp_path):
 
 @pytest.mark.parametrize("change,match", [
     ({"hidden": 4}, r"leaf 'params/direct/enc/bias' is \(3,\) float32 in the checkpoint step 1 in .* but \(4,\) float32"),
-    ({"cond_dim": 5}, r"leaf 'params/cond_emb' is \(2, 4\) float32 in the checkpoint step 1 in .* but \(2, 5\) float32"),
+    ({"cond_dim": 5}, r"leaf 'params/embedding/cond_emb' is \(2, 4\) float32 in the checkpoint step 1 in .* but \(2, 5\) float32"),
 ])
 def test_restore_into_mismatched_shapes_names_first_path(tmp_path, change, match):
     ns, mgr = _saved_run(tmp_path)
@@ -243,6 +243,37 @@ def test_restore_first_differing_path_is_exact(tmp_path):
         hj.checkpoint.restore(mgr, {"a": abstract["a"], "b": jax.ShapeDtypeStruct((4,), jnp.float32),
                                     "c": jax.ShapeDtypeStruct((1,), jnp.float32),
                                     "rng": jax.eval_shape(lambda: jax.random.key(0))})
+
+
+def test_structure_check_reads_orbax_metadata_in_a_fresh_manager(tmp_path):
+    """No hand-kept manifest: the saved shapes and dtypes come from Orbax's item metadata, also for a manager
+    opened afresh on the directory (as a resumed run does)."""
+    tree = {"a": {"k": jnp.zeros((2, 3))}, "b": jnp.zeros(4, jnp.bfloat16), "rng": jax.random.key(1)}
+    with hj.checkpoint.manager(tmp_path, async_save=True) as mgr:
+        hj.checkpoint.save(mgr, 1, tree, metrics={"loss": 0.25})
+    items = {n for n in os.listdir(tmp_path / "1") if os.path.isdir(tmp_path / "1" / n)}
+    assert items == {"config", "state"}                                       # no hand-kept "meta" manifest
+    with hj.checkpoint.manager(tmp_path, async_save=False) as fresh:
+        md = fresh.orbax.metadata(1)
+        saved = {p: (tuple(m.shape), str(m.dtype)) for p, m in leaves_with_paths(md.item_metadata["state"].tree)}
+        assert saved == {"a/k": ((2, 3), "float32"), "b": ((4,), "bfloat16"), "rng": ((2,), "uint32")}
+        assert md.custom_metadata["prng_keys"] == {"rng": str(jax.random.key_impl(tree["rng"]))} and hj.checkpoint.metrics(fresh) == {"loss": 0.25}
+        abstract = jax.eval_shape(lambda: tree)
+        with pytest.raises(ValueError, match=r"^hyperjax.checkpoint.restore: the checkpoint does not match the "
+                                             r"abstract state: leaf 'b' is \(4,\) bfloat16 in the checkpoint step 1"):
+            hj.checkpoint.restore(fresh, {**abstract, "b": jax.ShapeDtypeStruct((4,), jnp.float32)})
+        back, _ = hj.checkpoint.restore(fresh, abstract)
+    for a, b in zip(_np_leaves(back), _np_leaves(tree)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_a_step_not_saved_by_hyperjax_is_named(tmp_path):
+    with ocp.CheckpointManager(tmp_path, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+                               item_names=("state",)) as plain:
+        plain.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": jnp.zeros(2)})))
+    with hj.checkpoint.manager(tmp_path, async_save=False) as mgr:
+        with pytest.raises(ValueError, match=r"step 3 in .* was not written by hyperjax.checkpoint.save"):
+            hj.checkpoint.restore(mgr, {"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
 
 
 def test_api_errors(tmp_path):

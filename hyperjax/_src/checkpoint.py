@@ -3,13 +3,15 @@
 Layout of one step directory written by `save` (an ordinary Orbax `CheckpointManager` step):
 
     <directory>/<step>/state/    the state's leaves as a nested dict keyed by leaf path parts
-                                 ("params/dec/bias", "opt_state/0/mu/...", "rng"), read with StandardRestore
+                                 ("params/direct/dec/bias", "opt_state/0/mu/...", "rng"), StandardSave
     <directory>/<step>/config/   the user's JSON config (to rebuild the hypernetwork and target)
-    <directory>/<step>/meta/     JSON manifest: every leaf path with shape and dtype, PRNG key impls, metrics
+    <directory>/<step>/_CHECKPOINT_METADATA   Orbax's step metadata; its custom_metadata holds the format tag,
+                                 the PRNG key impls, the metrics and whether a config was given
 
 Typed PRNG keys (`jax.random.key`) are stored as their `jax.random.key_data` (uint32) and wrapped back on
 restore. Restores follow an abstract tree (`jax.eval_shape` of the initial state), so no template is
-allocated; the manifest is compared with it first, and a mismatch names the first differing path.
+allocated; the saved tree's shapes and dtypes are read first from Orbax's own metadata
+(`CheckpointManager.metadata(step).item_metadata`), and a mismatch names the first differing path.
 
 Orbax writes each step into `<step>.orbax-checkpoint-tmp...` and renames it when complete, so a save that
 is killed leaves the previous steps untouched and no partial step is ever listed or restored.
@@ -29,9 +31,8 @@ import orbax.checkpoint as ocp
 
 from hyperjax._src import paths as _paths
 
-FORMAT = "hyperjax.checkpoint/1"
+FORMAT = "hyperjax.checkpoint/2"   # /1 kept a JSON manifest of the leaves in a "meta" item
 MODES = ("min", "max")
-_ITEMS = ("state", "config", "meta")
 
 
 class Manager:
@@ -116,8 +117,10 @@ def manager(directory: str | os.PathLike, *, max_to_keep: int | None = 3, best_m
         preservation_policy=cm.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True, create=True)
     directory = os.path.abspath(os.fspath(directory))
-    return Manager(ocp.CheckpointManager(directory, options=options, item_names=_ITEMS), directory, best_metric,
-                   best_mode)
+    # handlers given up front, so the item metadata of steps saved by another process can be read
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    return Manager(ocp.CheckpointManager(directory, options=options, item_handlers=handlers), directory,
+                   best_metric, best_mode)
 
 
 # ------------------------------------------------------------------------------------------------ trees
@@ -174,26 +177,25 @@ def save(mgr: Manager, step: int, state: Any, *, config: Mapping[str, Any] | Non
         raise ValueError(f"{who}: the manager keeps the best steps by {mgr.best_metric!r}, so `metrics` must "
                          f"contain it; got {sorted(metrics) or 'no metrics'}.")
     items, _ = _flat(state, who)
-    leaves, manifest, keys = {}, [], {}
+    leaves, keys = {}, {}
     for p, leaf in items:
         if _is_key(leaf):
             keys[p] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
-        leaf = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
-        leaves[p] = leaf
-        manifest.append([p, list(leaf.shape), str(leaf.dtype)])
-    meta = {"format": FORMAT, "step": step, "leaves": manifest, "prng_keys": keys, "metrics": metrics,
-            "has_config": config is not None}
+        leaves[p] = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+    custom = {"format": FORMAT, "prng_keys": keys, "metrics": metrics, "has_config": config is not None}
     args = ocp.args.Composite(state=ocp.args.StandardSave(_paths.nest(leaves)),
-                              config=ocp.args.JsonSave(config if config is not None else {}),
-                              meta=ocp.args.JsonSave(meta))
-    return bool(mgr.orbax.save(step, args=args, metrics=metrics or None, force=force))
+                              config=ocp.args.JsonSave(config if config is not None else {}))
+    return bool(mgr.orbax.save(step, args=args, metrics=metrics or None, force=force, custom_metadata=custom))
 
 
 # ------------------------------------------------------------------------------------------------ restore
-def _mismatch(saved: list[list[Any]], wanted: list[tuple[str, tuple[int, ...], str]], where: str,
-              ordered: bool = True) -> str | None:
-    """Text naming the first leaf path (in the abstract's order) where checkpoint and abstract differ."""
+def _mismatch(saved: list[tuple[str, tuple[int, ...], str]], wanted: list[tuple[str, tuple[int, ...], str]],
+              where: str) -> str | None:
+    """Text naming the first leaf path (in the abstract's order) where checkpoint and abstract differ.
+
+    Leaves are matched by path string (they are stored by path), so container order does not matter.
+    """
     saved_map = {p: (tuple(s), d) for p, s, d in saved}
     wanted_map = {p: (tuple(s), d) for p, s, d in wanted}
     for p, s, d in wanted:
@@ -207,9 +209,13 @@ def _mismatch(saved: list[list[Any]], wanted: list[tuple[str, tuple[int, ...], s
     for p, s, d in saved:
         if p not in wanted_map:
             return f"leaf '{p}' {_fmt(s, d)} of the {where} is not in the abstract state."
-    if ordered and [p for p, _, _ in saved] != [p for p, _, _ in wanted]:
-        return f"the {where} has the same leaves in a different order (a different container type)."
     return None
+
+
+def _saved_leaves(tree_metadata: Any) -> list[tuple[str, tuple[int, ...], str]]:
+    """[(path, shape, dtype name)] of a saved tree, from Orbax's tree metadata (its ArrayMetadata leaves)."""
+    tree = getattr(tree_metadata, "tree", tree_metadata)
+    return [(p, tuple(m.shape), str(jnp.dtype(m.dtype))) for p, m in _paths.leaves_with_paths(tree)]
 
 
 def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best: bool = False
@@ -229,6 +235,7 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
         _sync(mgr)
         step = mgr.best_step()
     step, meta = _meta(mgr, step, who)
+    saved = _saved_leaves(mgr.orbax.metadata(step).item_metadata["state"])
 
     items, treedef = _flat(abstract_state, who)
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -243,7 +250,7 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
             shape, dtype = tuple(np.shape(leaf)), jnp.result_type(leaf)
         wanted.append((p, shape, str(jnp.dtype(dtype))))
         targets[p] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-    problem = _mismatch(meta["leaves"], wanted, f"checkpoint step {step} in {mgr.directory}")
+    problem = _mismatch(saved, wanted, f"checkpoint step {step} in {mgr.directory}")
     if problem is None:
         lost = [p for p in key_paths if p not in meta.get("prng_keys", {})]
         gained = [p for p in meta.get("prng_keys", {}) if p not in key_paths]
@@ -289,11 +296,11 @@ def _meta(mgr: Manager, step: int | None, who: str) -> tuple[int, dict[str, Any]
     if step not in steps:
         raise FileNotFoundError(f"{who}: no completed checkpoint for step {step} in {mgr.directory}; "
                                 f"available steps: {steps}.")
-    meta = mgr.orbax.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = mgr.orbax.metadata(step).custom_metadata
+    if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
         raise ValueError(f"{who}: step {step} in {mgr.directory} was not written by hyperjax.checkpoint.save "
-                         f"(no '{FORMAT}' manifest); restore it with orbax directly.")
-    return step, meta
+                         f"(no '{FORMAT}' in its Orbax custom metadata); restore it with orbax directly.")
+    return step, dict(meta)
 
 
 def load_config(mgr: Manager, step: int | None = None) -> dict[str, Any] | None:
@@ -346,10 +353,8 @@ def load_export(path: str | os.PathLike, like: Any = None) -> Any:
             return ckptr.restore(path)
         abstract = getattr(like, "abstract_params", like)
         items, treedef = _flat(abstract, who)
-        saved = dict(_paths.leaves_with_paths(ckptr.metadata(path).item_metadata.tree))
         wanted = [(p, tuple(np.shape(x)), str(jnp.dtype(jnp.result_type(x)))) for p, x in items]
-        have = [[p, list(m.shape), str(m.dtype)] for p, m in saved.items()]
-        problem = _mismatch(have, wanted, f"export at {path}", ordered=False)
+        problem = _mismatch(_saved_leaves(ckptr.metadata(path).item_metadata), wanted, f"export at {path}")
         if problem:
             raise ValueError(f"{who}: the export does not match `like`: {problem}")
         default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
