@@ -3,6 +3,13 @@
 Path strings are `jax.tree_util.keystr(key_path, simple=True, separator="/")`; nested dicts keyed by path
 parts are `flax.traverse_util.flatten_dict` / `unflatten_dict` with `sep="/"`. `select` is the one glob
 matcher: targets, tying, training labels and sharding rules all match leaf paths through it.
+
+Measured against the hand-written loops these replaced (one process, interleaved, medians; /tmp scripts in the
+commit message): per call on a 200-leaf tree keystr path strings take 359 us vs 238 us, unflatten_dict 107 vs
+112 us, flatten_dict-based unnest 361 vs 60 us (all paths) and 322 vs 6 us (10% of them). This is host-side
+work at trace time; end to end it does not show: eager apply of a partial dense generator over a 20-layer MLP
+(39 ordinary leaves) 1.91 vs 1.96 ms, eager spec.apply 1.49 vs 1.49 ms, jit trace+lower of the generator
+16.5 vs 16.4 ms. So the library versions are kept.
 """
 
 from __future__ import annotations
