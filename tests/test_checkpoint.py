@@ -281,6 +281,15 @@ def test_api_errors(tmp_path):
         hj.checkpoint.manager(tmp_path, best_mode="low")
     with pytest.raises(ValueError, match=r"`max_to_keep` must be a positive int or None"):
         hj.checkpoint.manager(tmp_path, max_to_keep=0)
+    with pytest.raises(TypeError, match=r"^hyperjax.checkpoint.manager: `max_to_keep` must be a positive int or None "
+                                        r"\(keep all\), got str"):
+        hj.checkpoint.manager(tmp_path, max_to_keep="3")
+    with pytest.raises(TypeError, match=r"`keep_best` must be a positive int, got float"):
+        hj.checkpoint.manager(tmp_path, keep_best=1.0)
+    with pytest.raises(ValueError, match=r"`save_interval_steps` must be a positive int, got 0"):
+        hj.checkpoint.manager(tmp_path, save_interval_steps=0)
+    with pytest.raises(TypeError, match=r"`best_metric` must be a metric name \(str\) or None, got int"):
+        hj.checkpoint.manager(tmp_path, best_metric=1)
     mgr = hj.checkpoint.manager(tmp_path / "m", best_metric="val_loss", async_save=False)
     with pytest.raises(FileNotFoundError, match=r"no completed checkpoint in .*m"):
         hj.checkpoint.restore(mgr, {"w": jax.ShapeDtypeStruct((1,), jnp.float32)})
@@ -288,6 +297,8 @@ def test_api_errors(tmp_path):
         hj.checkpoint.save(mgr, 1, {"w": jnp.zeros(1)}, metrics={"loss": 1.0})
     with pytest.raises(TypeError, match=r"`config` must be JSON-serialisable"):
         hj.checkpoint.save(mgr, 1, {"w": jnp.zeros(1)}, config={"x": jnp.zeros(2)}, metrics={"val_loss": 1.0})
+    with pytest.raises(TypeError, match=r"^hyperjax.checkpoint.save: `metrics` must be a dict of numbers"):
+        hj.checkpoint.save(mgr, 1, {"w": jnp.zeros(1)}, metrics={"val_loss": "low"})
     with pytest.raises(TypeError, match=r"`mgr` must come from hyperjax.checkpoint.manager"):
         hj.checkpoint.save(mgr.orbax, 1, {"w": jnp.zeros(1)})
     with pytest.raises(ValueError, match=r"two leaves of the state have the same path 'a/b'"):

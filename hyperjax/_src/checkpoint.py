@@ -96,14 +96,26 @@ def manager(directory: str | os.PathLike, *, max_to_keep: int | None = 3, best_m
 
     Stale `*.orbax-checkpoint-tmp*` directories left by a killed save are never listed or restored; the
     manager removes them in the background when it opens (finished before its first save).
+
+    Raises:
+      TypeError: `max_to_keep`, `keep_best` or `save_interval_steps` is not an int, `best_metric` not a str.
+      ValueError: unknown `best_mode`, or one of those ints is < 1.
     """
     who = "hyperjax.checkpoint.manager"
     if best_mode not in MODES:
         raise ValueError(f"{who}: unknown `best_mode`={best_mode!r}; valid options are 'min', 'max'.")
-    if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
-        raise ValueError(f"{who}: `max_to_keep` must be a positive int or None (keep all), got {max_to_keep!r}.")
-    if not isinstance(keep_best, int) or keep_best < 1:
-        raise ValueError(f"{who}: `keep_best` must be a positive int, got {keep_best!r}.")
+    if best_metric is not None and not isinstance(best_metric, str):
+        raise TypeError(f"{who}: `best_metric` must be a metric name (str) or None, got {type(best_metric).__name__}.")
+    for name, value, none_ok in (("max_to_keep", max_to_keep, True), ("keep_best", keep_best, False),
+                                 ("save_interval_steps", save_interval_steps, False)):
+        if value is None and none_ok:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{who}: `{name}` must be a positive int" + (" or None (keep all)" if none_ok else "")
+                            + f", got {type(value).__name__}.")
+        if value < 1:
+            raise ValueError(f"{who}: `{name}` must be a positive int" + (" or None (keep all)" if none_ok else "")
+                             + f", got {value!r}.")
     cm = ocp.checkpoint_managers
     policies = [cm.LatestN(n=max_to_keep)]
     best_fn = None
@@ -163,6 +175,10 @@ def save(mgr: Manager, step: int, state: Any, *, config: Mapping[str, Any] | Non
     metrics: scalars for this step; `best_metric` must be among them when the manager ranks by it.
     Returns whether a save was started (False when `step` falls between `save_interval_steps`).
     With async saving the write finishes in the background: `mgr.wait()` blocks until it is committed.
+
+    Raises:
+      TypeError: `mgr` is not a hyperjax Manager, `config` is not a JSON dict, a metric is not a number.
+      ValueError: `metrics` lacks the manager's `best_metric`, or two leaves of `state` share a path string.
     """
     who = "hyperjax.checkpoint.save"
     if not isinstance(mgr, Manager):
@@ -172,7 +188,10 @@ def save(mgr: Manager, step: int, state: Any, *, config: Mapping[str, Any] | Non
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"{who}: `config` must be a dict (JSON object), got {type(config).__name__}.")
     config = _to_json(dict(config) if config is not None else None, "config", who)
-    metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    try:
+        metrics = {str(k): float(v) for k, v in (metrics or {}).items()}
+    except (TypeError, ValueError, AttributeError) as e:
+        raise TypeError(f"{who}: `metrics` must be a dict of numbers (scalars), got {metrics!r}: {e}") from None
     if mgr.best_metric is not None and mgr.best_metric not in metrics:
         raise ValueError(f"{who}: the manager keeps the best steps by {mgr.best_metric!r}, so `metrics` must "
                          f"contain it; got {sorted(metrics) or 'no metrics'}.")
@@ -225,8 +244,11 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
     abstract_state: the state's structure, e.g. `jax.eval_shape(lambda: hj.training.init_state(...))`
       (ShapeDtypeStructs, optionally with shardings; concrete arrays also work). Nothing is allocated
       before reading; arrays come back with the abstract's shardings (default: the first device).
-    Raises FileNotFoundError when there is no such step, and ValueError naming the first leaf path whose
-    presence, shape or dtype differs between checkpoint and abstract state.
+    Raises:
+      TypeError: `mgr` is not a hyperjax Manager.
+      FileNotFoundError: there is no such completed step.
+      ValueError: `step` and `best` are both given; the step was not written by `save`; or a leaf's presence,
+        shape, dtype or PRNG-key kind differs between checkpoint and abstract state (naming the first such path).
     """
     who = "hyperjax.checkpoint.restore"
     if step is not None and best:
@@ -305,7 +327,11 @@ def _meta(mgr: Manager, step: int | None, who: str) -> tuple[int, dict[str, Any]
 
 def load_config(mgr: Manager, step: int | None = None) -> dict[str, Any] | None:
     """The JSON config saved with `step` (default: the latest), read before anything is built: rebuild
-    the hypernetwork and target from it, then `restore` against their abstract state."""
+    the hypernetwork and target from it, then `restore` against their abstract state. None if none was saved.
+
+    Raises:
+      TypeError, FileNotFoundError, ValueError: as `restore` for the step lookup.
+    """
     step, meta = _meta(mgr, step, "hyperjax.checkpoint.load_config")
     if not meta.get("has_config"):
         return None
@@ -313,7 +339,11 @@ def load_config(mgr: Manager, step: int | None = None) -> dict[str, Any] | None:
 
 
 def metrics(mgr: Manager, step: int | None = None) -> dict[str, float]:
-    """The metrics saved with `step` (default: the latest)."""
+    """The metrics saved with `step` (default: the latest), {name: float}.
+
+    Raises:
+      TypeError, FileNotFoundError, ValueError: as `restore` for the step lookup.
+    """
     return dict(_meta(mgr, step, "hyperjax.checkpoint.metrics")[1].get("metrics", {}))
 
 
@@ -324,6 +354,11 @@ def export(path: str | os.PathLike, params: Any, *, overwrite: bool = False) -> 
     The tree is stored as a nested dict keyed by leaf path parts (for linen params: the same dict), so
     it loads without hyperjax: `orbax.checkpoint.StandardCheckpointer().restore(path)`. Typed PRNG keys
     are not parameters and raise. Returns the absolute path. The write is atomic (tmp dir + rename).
+
+    Raises:
+      FileExistsError: `path` exists and overwrite=False.
+      TypeError: a leaf is a PRNG key.
+      ValueError: `params` has no array leaves, or two leaves share a path string.
     """
     who = "hyperjax.checkpoint.export"
     path = os.path.abspath(os.fspath(path))
@@ -343,7 +378,13 @@ def export(path: str | os.PathLike, params: Any, *, overwrite: bool = False) -> 
 
 def load_export(path: str | os.PathLike, like: Any = None) -> Any:
     """Read an `export`ed checkpoint; with `like` (a TargetSpec or a params tree, abstract or not) the
-    result has its structure (e.g. an Equinox module's params), checked leaf by leaf."""
+    result has its structure (e.g. an Equinox module's params), checked leaf by leaf against the export's
+    Orbax metadata.
+
+    Raises:
+      FileNotFoundError: nothing is exported at `path`.
+      ValueError: a leaf's presence, shape or dtype differs from `like` (naming the first such path).
+    """
     who = "hyperjax.checkpoint.load_export"
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):

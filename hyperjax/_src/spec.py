@@ -251,7 +251,11 @@ class TargetSpec:
 
     # ---------------------------------------------------------------- initialisation statistics
     def fans(self, path: str) -> tuple[int, int]:
-        """(fan_in, fan_out) of a leaf; a bias takes the fans of the kernel beside it."""
+        """(fan_in, fan_out) of a leaf; a bias takes the fans of the kernel beside it.
+
+        Raises:
+          KeyError: `path` is not a leaf of the spec.
+        """
         shape = tuple(self.leaves[path].shape)
         if len(shape) >= 2:
             if self.layout == "in_out":
@@ -272,6 +276,10 @@ class TargetSpec:
         Kernels (rank >= 2): mean 0, variance 1/fan_in ("fan_in", LeCun) or 1/fan_out ("fan_out").
         Biases and other vectors: mean 0 (1 for norm scales), variance 1/(3 fan_in), the variance of
         PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias.
+
+        Raises:
+          ValueError: unknown `mode`.
+          KeyError: `path` is not a leaf of the spec.
         """
         checks.one_of(mode, ("fan_in", "fan_out"), "mode", "TargetSpec.init_moments")
         fan_in, fan_out = self.fans(path)

@@ -267,10 +267,16 @@ def tie(target: Any, ties: Any = (), *, source: str | None = None, dest: str | S
       ties: hj.Tie(source, dest, fn) entries or (source, dest[, fn]) tuples.
       source, dest, fn: a single tie, as keywords (combined with `ties`).
 
-    `dest` may be a glob or a list matching several leaves; a source may itself be a dest (chains are
-    composed: c = g(b), b = f(a) gives c = g(f(a))). Raises ValueError for an unknown source (listing
-    the paths), a dest that matches nothing, a leaf tied twice, a cycle, or an fn whose output shape or
-    dtype differs from a dest (naming both paths and shapes).
+    `dest` may be a glob or a list matching several leaves (matched by `hyperjax.select`); a source may itself
+    be a dest (chains are composed: c = g(b), b = f(a) gives c = g(f(a))). Returns a `Tied` spec whose params
+    are the free leaves (a nested dict by path parts); `tied.expand(free)` gives the full tree.
+
+    Raises:
+      TypeError: `target` is none of the accepted kinds, a tie is malformed, `fn` is not callable, or `dest`
+        is not a path / glob / list of them.
+      ValueError: an unknown source (listing the paths), a dest that matches nothing, a leaf tied twice, a
+        cycle, missing `source`/`dest`, no ties, or an fn whose output shape or dtype differs from a dest
+        (naming both paths and shapes).
     """
     full, origin = _full_spec(target)
     available = full.paths

@@ -17,6 +17,11 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
     Params are Haiku's two-level dict; paths look like 'mlp/~/linear_0/w'. `apply(params, *args, rng=None)`
     passes `rng` to Haiku unless the function came from `hk.without_apply_rng`. Non-empty Haiku state
     raises unless `with_state=True`: then `apply(params, state, *args) -> (y, new_state)`.
+
+    Raises:
+      ImportError: dm-haiku is not installed (names the extra).
+      TypeError: `transformed` is not the result of hk.transform / hk.transform_with_state.
+      ValueError: non-empty Haiku state without with_state=True.
     """
     try:
         import haiku as hk

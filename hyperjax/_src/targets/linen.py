@@ -17,6 +17,10 @@ def from_linen(module: Any, *example_args: Any, with_state: bool = False, **exam
     Paths look like 'Dense_0/kernel'. Collections other than "params" (e.g. "batch_stats") raise unless
     `with_state=True`, in which case `apply(params, state, *args) -> (y, new_state)` threads them and
     `spec.init_state(key)` gives their initial values.
+
+    Raises:
+      TypeError: `module` is not a linen Module.
+      ValueError: no "params" collection, or other collections without with_state=True.
     """
     import flax.linen as nn
 
