@@ -12,25 +12,25 @@ from typing import Any
 
 def mlp(hparams: Any) -> list[dict[str, Any]]:
     """dense / chunked: the generator MLP's layers [{"w": f[n_in, n_out], "b": f[n_out]}, ...]."""
-    return hparams["mlp"]
+    return hparams["hyper"]["mlp"]
 
 
 def cond_emb(hparams: Any) -> Any:
     """dense / chunked built with num_conds: the learned condition embeddings f[num_conds, cond_dim]."""
-    return hparams["cond_emb"]
+    return hparams["embedding"]["cond_emb"]
 
 
 def chunk_emb(hparams: Any) -> Any:
     """chunked: the learned chunk embeddings f[n_chunks, chunk_emb_dim]."""
-    return hparams["chunk_emb"]
+    return hparams["embedding"]["chunk_emb"]
 
 
 def per_layer_sizes(hparams: Any) -> dict[str, int]:
     """per_layer (arrays or ShapeDtypeStructs): {"generator_weights": the generators' weights and biases,
     "layer_emb": the layer embeddings}, counted in scalars over every generated group."""
-    groups = hparams["per_layer"].values()
-    return {"generator_weights": sum(int(v.size) for g in groups for k, v in g.items() if k != "layer_emb"),
-            "layer_emb": sum(int(g["layer_emb"].size) for g in groups)}
+    groups = hparams["hyper"]["per_layer"].values()
+    return {"generator_weights": sum(int(v.size) for g in groups for v in g.values()),
+            "layer_emb": sum(int(z.size) for z in hparams["embedding"]["layer_emb"].values())}
 
 
 def modulation_base(hparams: Any) -> dict[str, dict[str, Any]]:

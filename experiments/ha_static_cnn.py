@@ -138,10 +138,10 @@ def main(argv=None) -> dict:
                                "test_accuracy": curve["test_accuracy"][-1]})
 
     hp = jax.eval_shape(gen.init, jax.random.key(0))
-    group = next(iter(hp["per_layer"].values()))
+    (group, generator), = hp["hyper"]["per_layer"].items()
     kernel_params = math.prod(spec.leaves["Conv_1/kernel"].shape)
-    gen_weights = sum(int(v.size) for k, v in group.items() if k != "layer_emb")
-    layer_emb = int(group["layer_emb"].size)
+    gen_weights = sum(int(v.size) for v in generator.values())
+    layer_emb = int(hp["embedding"]["layer_emb"][group].size)
     acc = {k: np.array([r["test_accuracy"] for r in rs]) for k, rs in runs.items()}
     gap = 100.0 * (acc["plain"].mean() - acc["hyper"].mean())
     metrics = {

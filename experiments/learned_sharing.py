@@ -146,9 +146,9 @@ def part_a(args, data, dataset):
     for k in args.values:
         gen = hj.generators.codebook(spec, num_values=k, where="*/kernel", tau=args.tau_start)
         hp = jax.jit(gen.init)(key)
-        hp, curve = train(hp, gen.apply, spec, ce, data, args.steps, codebook_optimizer(args), args, args.seed, True,
+        hp, curve = train(hp, lambda p, tau: gen.apply(p, tau=tau), spec, ce, data, args.steps, codebook_optimizer(args), args, args.seed, True,
                           f"codebook K={k}")
-        soft = float(accuracy(gen.apply(hp, jnp.float32(args.tau_end))))
+        soft = float(accuracy(gen.apply(hp, tau=jnp.float32(args.tau_end))))
         hard_params, info = hj.generators.codebook_export(gen, hp)
         out[f"K={k}"] = {"test_accuracy_hard": float(accuracy(hard_params)), "test_accuracy_soft": soft,
                          "trainable_params": hj.training.count_params(hp),
@@ -207,10 +207,10 @@ def part_b(args):
     rng = np.random.default_rng(args.seed)
 
     gen = hj.generators.codebook(spec, num_values=args.conv_values, where="fc/kernel", tau=args.tau_start)
-    hp, curve = train(jax.jit(gen.init)(key), gen.apply, spec, bce, data, args.conv_steps,
+    hp, curve = train(jax.jit(gen.init)(key), lambda p, tau: gen.apply(p, tau=tau), spec, bce, data, args.conv_steps,
                       codebook_optimizer(args, args.conv_lr, args.conv_value_lr), args, args.seed, True, f"conv K={args.conv_values}")
     hard, info = hj.generators.codebook_export(gen, hp)
-    assign = np.asarray(jnp.argmax(hp["codebook"]["logits"]["fc"]["kernel"], -1))
+    assign = np.asarray(jnp.argmax(hp["hyper"]["logits"]["fc"]["kernel"], -1))
     shared = {"test_accuracy_hard": float(accuracy(hard)), "distinct_values": info["distinct_values"],
               "usage": info["usage"], **diagonal_sharing(assign, rng, args.perms), "curve": curve}
 
@@ -221,7 +221,7 @@ def part_b(args):
     unshared = {"test_accuracy": float(accuracy(plain)),
                 **diagonal_sharing(np.digitize(w, edges), rng, args.perms)}
     return {"shared": shared, "unshared_quantised": unshared, "motif": motif.tolist(),
-            "values": np.asarray(hp["codebook"]["values"]).tolist()}, np.asarray(hard["fc"]["kernel"]), w
+            "values": np.asarray(hp["hyper"]["values"]).tolist()}, np.asarray(hard["fc"]["kernel"]), w
 
 
 def plot(a: dict, ks: list[int], w_shared: np.ndarray, w_plain: np.ndarray, b: dict, path: str, dataset: str) -> str:

@@ -27,9 +27,9 @@ class Ctx:
 
     def __init__(self, spec):
         self.spec = spec
-        self.vec = G.dense(spec, 3, hidden=4)
-        self.ids = G.chunked(spec, 3, 5, hidden=4, num_conds=4)
-        self.part = G.dense(spec, 3, hidden=4, where="*/kernel")
+        self.vec = G.dense(spec, cond_dim=3, hidden=4)
+        self.ids = G.chunked(spec, cond_dim=3, chunk_size=5, hidden=4, num_conds=4)
+        self.part = G.dense(spec, cond_dim=3, hidden=4, where="*/kernel")
         self.hp = {name: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                       jax.eval_shape(getattr(self, name).init, jax.random.key(0)))
                    for name in ("vec", "ids", "part")}
@@ -86,42 +86,42 @@ CASES = [
     # ------------------------------------------------------------------ factory options
     _row("cond_dim-missing", lambda c: G.dense(c.spec), ValueError,
          r"generators.dense: `cond_dim` is required"),
-    _row("cond_dim-zero", lambda c: G.chunked(c.spec, 0, 4), ValueError,
+    _row("cond_dim-zero", lambda c: G.chunked(c.spec, cond_dim=0, chunk_size=4), ValueError,
          r"generators.chunked: `cond_dim` must be a positive int, got 0"),
-    _row("chunk_size-missing", lambda c: G.chunked(c.spec, 3), ValueError,
+    _row("chunk_size-missing", lambda c: G.chunked(c.spec, cond_dim=3), ValueError,
          r"generators.chunked: `chunk_size` is required"),
-    _row("chunk_size-zero", lambda c: G.chunked(c.spec, 3, 0), ValueError,
+    _row("chunk_size-zero", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=0), ValueError,
          r"generators.chunked: `chunk_size` must be a positive int, got 0\."),
-    _row("chunk_size-negative", lambda c: G.chunked(c.spec, 3, -5), ValueError,
+    _row("chunk_size-negative", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=-5), ValueError,
          r"`chunk_size` must be a positive int, got -5\."),
-    _row("chunk_size-float", lambda c: G.chunked(c.spec, 3, 2.5), ValueError,
+    _row("chunk_size-float", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=2.5), ValueError,
          r"`chunk_size` must be a positive int, got 2\.5\."),
-    _row("chunk_size-bool", lambda c: G.chunked(c.spec, 3, True), ValueError,
+    _row("chunk_size-bool", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=True), ValueError,
          r"`chunk_size` must be a positive int, got True\."),
-    _row("chunk_emb_dim-zero", lambda c: G.chunked(c.spec, 3, 4, 0), ValueError,
+    _row("chunk_emb_dim-zero", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=4, chunk_emb_dim=0), ValueError,
          r"`chunk_emb_dim` must be a positive int, got 0\."),
-    _row("hidden-zero-width", lambda c: G.chunked(c.spec, 3, 4, hidden=(8, 0)), ValueError,
+    _row("hidden-zero-width", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=4, hidden=(8, 0)), ValueError,
          r"generators.chunked: `hidden` must be a positive int, got 0\."),
-    _row("hidden-negative-width", lambda c: G.dense(c.spec, 3, hidden=-2), ValueError,
+    _row("hidden-negative-width", lambda c: G.dense(c.spec, cond_dim=3, hidden=-2), ValueError,
          r"generators.dense: `hidden` must be a positive int, got -2\."),
-    _row("hidden-not-a-sequence", lambda c: G.dense(c.spec, 3, hidden=None), ValueError,
+    _row("hidden-not-a-sequence", lambda c: G.dense(c.spec, cond_dim=3, hidden=None), ValueError,
          r"`hidden` must be a sequence of positive ints, got None"),
-    _row("num_conds-zero", lambda c: G.dense(c.spec, 3, num_conds=0), ValueError,
+    _row("num_conds-zero", lambda c: G.dense(c.spec, cond_dim=3, num_conds=0), ValueError,
          r"`num_conds` must be a positive int, got 0\."),
-    _row("init-unknown-dense", lambda c: G.dense(c.spec, 3, init="he"), ValueError,
+    _row("init-unknown-dense", lambda c: G.dense(c.spec, cond_dim=3, init="he"), ValueError,
          r"generators.dense: unknown `init`='he'; valid options are 'hyperfan_in', 'hyperfan_out'\."),
-    _row("init-unknown-chunked", lambda c: G.chunked(c.spec, 3, 4, init="fan_in"), ValueError,
+    _row("init-unknown-chunked", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=4, init="fan_in"), ValueError,
          r"generators.chunked: unknown `init`='fan_in'; valid options are 'hyperfan_in', 'hyperfan_out'\."),
-    _row("target-not-a-spec", lambda c: G.dense(BNNet(), 3), TypeError,
+    _row("target-not-a-spec", lambda c: G.dense(BNNet(), cond_dim=3), TypeError,
          r"generators.dense: `target` must be a TargetSpec \(from hyperjax.targets.from_linen, .*got BNNet"),
     # ------------------------------------------------------------------ `where` (partial generation)
-    _row("where-glob-matches-nothing", lambda c: G.dense(c.spec, 3, where="*/w"), ValueError,
+    _row("where-glob-matches-nothing", lambda c: G.dense(c.spec, cond_dim=3, where="*/w"), ValueError,
          r"generators.dense: `where`='\*/w' matches no leaf of the target\. Available paths: " + PATHS + "$"),
-    _row("where-list-matches-nothing", lambda c: G.chunked(c.spec, 3, 4, where=["enc/*", "kernel"]), ValueError,
+    _row("where-list-matches-nothing", lambda c: G.chunked(c.spec, cond_dim=3, chunk_size=4, where=["enc/*", "kernel"]), ValueError,
          r"generators.chunked: `where`='enc/\*', 'kernel' matches no leaf of the target\. Available paths: " + PATHS),
-    _row("where-predicate-matches-nothing", lambda c: G.dense(c.spec, 3, where=lambda p, leaf: leaf.ndim == 3),
+    _row("where-predicate-matches-nothing", lambda c: G.dense(c.spec, cond_dim=3, where=lambda p, leaf: leaf.ndim == 3),
          ValueError, r"`where`=<lambda> matches no leaf of the target\. Available paths: " + PATHS),
-    _row("where-bad-type", lambda c: G.dense(c.spec, 3, where=3), TypeError,
+    _row("where-bad-type", lambda c: G.dense(c.spec, cond_dim=3, where=3), TypeError,
          r"`where` must be a glob string, a list of globs or a \(path, leaf\) -> bool predicate, got int"),
     _row("partial-without-where", lambda c: G.partial(G.dense, c.spec, where=None, cond_dim=3), ValueError,
          r"generators.partial: `where` is required"),

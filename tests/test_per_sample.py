@@ -27,9 +27,9 @@ def cases(tiny_mlp_spec):
                                                   "b": jax.ShapeDtypeStruct((2,), jnp.float32)})
     vec_xs = {"a": XS, "s": jnp.array([1.0, -2.0, 0.5], jnp.float32)}
     rows = {
-        "vector-conds": (tiny_mlp_spec, hj.generators.dense(tiny_mlp_spec, 3, hidden=4), VEC_CONDS, XS, True),
-        "ids": (tiny_mlp_spec, hj.generators.chunked(tiny_mlp_spec, 3, 7, hidden=4, num_conds=4), IDS, XS, True),
-        "no-batch-axis-tree-xs": (vec_spec, hj.generators.dense(vec_spec, 3, hidden=4, where="w"), VEC_CONDS,
+        "vector-conds": (tiny_mlp_spec, hj.generators.dense(tiny_mlp_spec, cond_dim=3, hidden=4), VEC_CONDS, XS, True),
+        "ids": (tiny_mlp_spec, hj.generators.chunked(tiny_mlp_spec, cond_dim=3, chunk_size=7, hidden=4, num_conds=4), IDS, XS, True),
+        "no-batch-axis-tree-xs": (vec_spec, hj.generators.dense(vec_spec, cond_dim=3, hidden=4, where="w"), VEC_CONDS,
                                   vec_xs, False),
     }
     out = {}
@@ -90,7 +90,7 @@ def test_gradients_equal_the_loop(cases, name):
     grads = jax.jit(jax.grad(loss))(hparams)
     chex.assert_trees_all_close(grads, jax.jit(jax.grad(loop_loss))(hparams), rtol=1e-5, atol=1e-6)
     if name == "ids":      # only the embedding rows of ids used in the batch (0 and 2) get a gradient
-        assert np.asarray(jnp.any(grads["cond_emb"] != 0, axis=1)).tolist() == [True, False, True, False]
+        assert np.asarray(jnp.any(grads["embedding"]["cond_emb"] != 0, axis=1)).tolist() == [True, False, True, False]
 
 
 @pytest.mark.parametrize("conds,xs,match", [

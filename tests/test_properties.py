@@ -79,7 +79,7 @@ def test_chunked_output_tree_and_param_count(data, spec, cond_dim, emb, hidden, 
     chosen = spec.paths if where is None else tuple(p for p in spec.paths if p in where)
     n = sum(math.prod(spec.shapes[p]) for p in chosen)
     chunk = data.draw(chunk_sizes(n), label="chunk_size")
-    gen = hj.generators.chunked(spec, cond_dim, chunk, emb, hidden=tuple(hidden), num_conds=num_conds,
+    gen = hj.generators.chunked(spec, cond_dim=cond_dim, chunk_size=chunk, chunk_emb_dim=emb, hidden=tuple(hidden), num_conds=num_conds,
                                 where=where)
     hparams = jax.eval_shape(gen.init, KEY)
     cond = jax.ShapeDtypeStruct((), jnp.int32) if num_conds else jax.ShapeDtypeStruct((cond_dim,), jnp.float32)
@@ -89,7 +89,7 @@ def test_chunked_output_tree_and_param_count(data, spec, cond_dim, emb, hidden, 
     sizes = (cond_dim + emb, *hidden, chunk)
     want = (n_chunks * emb + sum((a + 1) * b for a, b in itertools.pairwise(sizes))
             + (num_conds or 0) * cond_dim + (spec.size - n))          # task embeddings + direct leaves
-    assert hparams["chunk_emb"].shape == (n_chunks, emb)
+    assert hparams["embedding"]["chunk_emb"].shape == (n_chunks, emb)
     assert hj.training.count_params(hparams) == want
     assert ("direct" in hparams) == (where is not None and len(chosen) < len(spec.paths))
 
@@ -98,7 +98,7 @@ def test_chunked_output_tree_and_param_count(data, spec, cond_dim, emb, hidden, 
 @given(data=st.data(), spec=mlp_specs(), cond_dim=st.integers(1, 4), hidden=st.lists(st.integers(1, 5), max_size=2))
 def test_dense_output_tree_and_param_count(data, spec, cond_dim, hidden):
     where = subset(data.draw, spec.paths)
-    gen = hj.generators.dense(spec, cond_dim, hidden=tuple(hidden), where=where)
+    gen = hj.generators.dense(spec, cond_dim=cond_dim, hidden=tuple(hidden), where=where)
     hparams = jax.eval_shape(gen.init, KEY)
     _assert_matches_spec(jax.eval_shape(gen.apply, hparams, jax.ShapeDtypeStruct((cond_dim,), jnp.float32)), spec)
     n = spec.size if where is None else sum(math.prod(spec.shapes[p]) for p in where)

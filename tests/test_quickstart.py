@@ -58,7 +58,8 @@ def test_hypernet_flags_change_the_generator():
     n_target = 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
     assert spec.size == hj.training.count_params(direct) == n_target
     assert hj.training.count_params(hparams) == hnet_params(n_target, 2048, 4, 8, 3)
-    assert hparams["chunk_emb"].shape == (math.ceil(n_target / 2048), 4) and hparams["cond_emb"].shape == (1, 3)
+    emb = hparams["embedding"]
+    assert emb["chunk_emb"].shape == (math.ceil(n_target / 2048), 4) and emb["cond_emb"].shape == (1, 3)
     chex.assert_trees_all_equal_shapes_and_dtypes(hnet.apply(hparams, 0), direct)
 
 

@@ -190,9 +190,9 @@ def temperature(tau: Any, who: str) -> None:
     """A temperature passed at apply time: a floating scalar, > 0 when concrete."""
     shape, dtype = tuple(jnp.shape(tau)), jnp.result_type(tau)
     if shape != () or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"hyperjax.{who}: the temperature `tau` (apply's cond) must be a floating scalar of "
-                         f"shape (), got shape {shape} dtype {dtype}. Pass e.g. jnp.float32(0.5), or None for "
-                         f"the factory's tau.")
+        raise (ValueError if shape != () else TypeError)(f"hyperjax.{who}: the temperature `tau` must be a floating scalar of "
+                         f"shape (), got shape {shape} dtype {dtype}. Pass e.g. tau=jnp.float32(0.5), or None "
+                         f"for the factory's tau.")
     if not isinstance(tau, jax.core.Tracer) and not float(np.asarray(tau)) > 0:
         raise ValueError(f"hyperjax.{who}: the temperature `tau` must be > 0, got {float(np.asarray(tau))}.")
 
@@ -233,7 +233,7 @@ _KERNEL_NDIM = {"conv": (4,), "dense": (2,)}
 
 
 def kernel_ndim(path: str, shape: Sequence[int], ndim: int, stack_axes: int, mode: str, who: str) -> None:
-    """per_layer: a leaf's rank without its stacked axes must suit `mode` ("auto": >= 1)."""
+    """per_layer: a leaf's rank without its stacked axes must suit `kernels=mode` ("auto": >= 1)."""
     allowed = _KERNEL_NDIM.get(mode)
     stacked = f" after {stack_axes} stacked axes" if stack_axes else ""
     if allowed is None and ndim >= 1:
@@ -244,8 +244,8 @@ def kernel_ndim(path: str, shape: Sequence[int], ndim: int, stack_axes: int, mod
                     "for out_in)", "dense": "a 2-D kernel (N_in, N_out; N_out, N_in for out_in targets)"}
     want = need.get(mode, "a kernel or a 1-D bias, not a scalar")
     raise ValueError(f"hyperjax.{who}: leaf '{path}' has shape {tuple(shape)} ({ndim}-D{stacked}), but "
-                     f"mode={mode!r} needs {want}. Select other leaves with `where`"
-                     + (", or use mode='auto'." if mode != "auto" else "."))
+                     f"kernels={mode!r} needs {want}. Select other leaves with `where`"
+                     + (", or use kernels='auto'." if mode != "auto" else "."))
 
 
 def block_multiple(path: str, shape: Sequence[int], what: str, size: int, option: str, block: int,

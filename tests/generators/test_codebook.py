@@ -52,27 +52,28 @@ def test_output_matches_spec_and_jit_agrees(name, spec, key, maybe_jit):
     chex.assert_trees_all_equal_shapes_and_dtypes(params, spec.zeros())
     chex.assert_trees_all_close(params, jax.jit(gen.apply)(hp), rtol=1e-5, atol=1e-7)
     tau = jnp.float32(0.5)
-    chex.assert_trees_all_close(maybe_jit(gen.apply)(hp, tau), jax.jit(gen.apply)(hp, tau), rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(maybe_jit(gen.apply)(hp, tau=tau), jax.jit(gen.apply)(hp, tau=tau), rtol=1e-5,
+                                atol=1e-7)
 
 
 def test_hparams_layout_and_param_count(spec, key):
     hp = hj.generators.codebook(spec, num_values=4, where="*/kernel").init(key)
-    assert hp["codebook"]["logits"]["l0"]["kernel"].shape == (5, 7, 4)
-    assert hp["codebook"]["values"].shape == (4,)
-    assert hj.training.count_params(hp["codebook"]) == N_KERNEL * 4 + 4
+    assert hp["hyper"]["logits"]["l0"]["kernel"].shape == (5, 7, 4)
+    assert hp["hyper"]["values"].shape == (4,)
+    assert hj.training.count_params(hp["hyper"]) == N_KERNEL * 4 + 4
     assert set(hp["direct"]) == {"l0", "l1"} and set(hp["direct"]["l0"]) == {"bias"}
     per_leaf = hj.generators.codebook(spec, num_values=4, where="*/kernel", shared=False).init(key)
-    assert hj.training.count_params(per_leaf["codebook"]) == N_KERNEL * 4 + 4 * 2
-    assert set(jax.tree.leaves(hj.training.labels(hp["codebook"]))) == {"hyper"}
+    assert hj.training.count_params(per_leaf["hyper"]) == N_KERNEL * 4 + 4 * 2
+    assert set(jax.tree.leaves(hj.training.labels(hp["hyper"]))) == {"hyper"}
 
 
 def test_weight_is_softmax_over_shared_values(spec, key):
     gen = hj.generators.codebook(spec, num_values=4, where="*/kernel")
     hp = gen.init(key)
     tau = 0.7
-    a, v = hp["codebook"]["logits"]["l1"]["kernel"], hp["codebook"]["values"]
+    a, v = hp["hyper"]["logits"]["l1"]["kernel"], hp["hyper"]["values"]
     want = np.einsum("ijk,k->ij", np.asarray(jax.nn.softmax(a / tau, axis=-1)), np.asarray(v))
-    np.testing.assert_allclose(gen.apply(hp, jnp.float32(tau))["l1"]["kernel"], want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gen.apply(hp, tau=jnp.float32(tau))["l1"]["kernel"], want, rtol=1e-5, atol=1e-7)
 
 
 def test_init_approximates_an_ordinary_init(key):
@@ -82,7 +83,7 @@ def test_init_approximates_an_ordinary_init(key):
     hp = gen.init(key)
     w = gen.apply(hp)["l0"]["kernel"]
     assert 0.6 / 8 < float(jnp.std(w)) < 1.1 / 8          # LeCun std 1/sqrt(64)
-    v = np.asarray(hp["codebook"]["values"])
+    v = np.asarray(hp["hyper"]["values"])
     assert (np.diff(v) > 0).all() and v[0] < -1.5 / 8 and v[-1] > 1.5 / 8
 
 
@@ -94,7 +95,7 @@ def test_temperature_is_traced_no_recompile_and_sharpens(spec, key):
     @jax.jit
     def kernel(p, tau):
         traces.append(1)
-        return gen.apply(p, tau)["l0"]["kernel"]
+        return gen.apply(p, tau=tau)["l0"]["kernel"]
 
     soft, sharp = kernel(hp, jnp.float32(1.0)), kernel(hp, jnp.float32(1e-4))
     assert len(traces) == 1 and not np.allclose(soft, sharp)
@@ -102,18 +103,17 @@ def test_temperature_is_traced_no_recompile_and_sharpens(spec, key):
     np.testing.assert_allclose(sharp, hard["l0"]["kernel"], rtol=1e-5, atol=1e-6)
 
 
-def test_per_sample_vmap_over_temperatures(spec, key):
+def test_vmap_over_temperatures(spec, key):
     gen = hj.generators.codebook(spec, num_values=4, where="*/kernel")
     hp = gen.init(key)
     taus = jnp.array([0.2, 1.0, 3.0])
-    batch = hj.generate_batch(gen, hp, taus)
+    batch = jax.vmap(lambda t: gen.apply(hp, tau=t))(taus)
     assert batch["l0"]["kernel"].shape == (3, 5, 7)
     for i in range(3):
-        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], batch), gen.apply(hp, taus[i]), rtol=1e-5,
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], batch), gen.apply(hp, tau=taus[i]), rtol=1e-5,
                                     atol=1e-7)
-    xs = jax.random.normal(key, (3, 5))
-    ys = hj.per_sample(gen, spec)(hp, taus, xs)
-    np.testing.assert_allclose(ys[1], spec.apply(gen.apply(hp, taus[1]), xs[1:2])[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"built without conditioning \(cond_dim=None\), so `cond` must be None"):
+        hj.generate_batch(gen, hp, taus)          # the temperature is not a conditioning input
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -123,7 +123,7 @@ def test_numeric_gradients(shared, spec, key):
     probe = jax.tree.map(lambda s: jax.random.normal(jax.random.key(3), s.shape, s.dtype), spec.abstract_params)
 
     def f(p):
-        out = gen.apply(p, jnp.float32(0.8))
+        out = gen.apply(p, tau=jnp.float32(0.8))
         return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(probe)))
 
     check_grads(jax.jit(f), (hp,), order=1, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
@@ -133,8 +133,8 @@ def test_numeric_gradients(shared, spec, key):
 
 def hand_hparams(tau_logits):
     """Two slots, K = 2: logits [0, 0] and [log 3, 0]."""
-    return {"codebook": {"logits": {"w": jnp.array([[0.0, 0.0], [math.log(3.0), 0.0]]) * tau_logits},
-                         "values": jnp.array([-1.0, 1.0])}}
+    return {"hyper": {"logits": {"w": jnp.array([[0.0, 0.0], [math.log(3.0), 0.0]]) * tau_logits},
+                      "values": jnp.array([-1.0, 1.0])}}
 
 
 def test_regularisers_match_hand_computed_values():
@@ -153,7 +153,7 @@ def test_regularisers_match_hand_computed_values():
     assert float(hj.generators.codebook_entropy(hp, jnp.float32(0.5))) == pytest.approx((math.log(2) + h2_sharp) / 2,
                                                                                          rel=1e-5)
     # one-hot slots: zero entropy; all K values used equally: zero KL
-    onehot = {"codebook": {"logits": {"w": jnp.array([[50.0, 0.0], [0.0, 50.0]])}, "values": jnp.zeros(2)}}
+    onehot = {"hyper": {"logits": {"w": jnp.array([[50.0, 0.0], [0.0, 50.0]])}, "values": jnp.zeros(2)}}
     assert float(hj.generators.codebook_entropy(onehot)) == pytest.approx(0.0, abs=1e-6)
     assert float(hj.generators.codebook_usage_kl(onehot)) == pytest.approx(0.0, abs=1e-6)
 
@@ -168,7 +168,7 @@ def test_hard_export_counts_distinct_values_and_bits(spec, key):
     logits = {p: {"kernel": jnp.asarray(np.eye(k)[c] * 3.0 + 0.1 * rng.normal(size=(*c.shape, k)), jnp.float32)}
               for p, c in choice.items()}
     direct = {p: {"bias": jnp.asarray(rng.normal(size=(n,)), jnp.float32)} for p, n in (("l0", 7), ("l1", 3))}
-    hp = {"codebook": {"logits": logits, "values": jnp.asarray(v)}, "direct": direct}
+    hp = {"hyper": {"logits": logits, "values": jnp.asarray(v)}, "direct": direct}
     params, info = hj.generators.codebook_export(gen, hp)
     for p, c in choice.items():
         np.testing.assert_array_equal(params[p]["kernel"], v[c])
@@ -188,7 +188,7 @@ def test_export_per_leaf_codebooks(spec, key):
     gen = hj.generators.codebook(spec, num_values=4, where="*/kernel", shared=False)
     params, info = hj.generators.codebook_export(gen, gen.init(key))
     for p in ("l0", "l1"):
-        assert set(np.unique(params[p]["kernel"])) <= set(np.asarray(gen.init(key)["codebook"]["values"][p]["kernel"]))
+        assert set(np.unique(params[p]["kernel"])) <= set(np.asarray(gen.init(key)["hyper"]["values"][p]["kernel"]))
         assert len(np.unique(params[p]["kernel"])) <= 4
     assert info["num_codebooks"] == 2 and info["distinct_values"] <= 8 and info["usage"] is None
 
@@ -201,7 +201,7 @@ def test_memory_does_not_grow_with_batch(key):
     x = jnp.ones((64, 8))
 
     def loss(p):
-        return jnp.mean(jnp.square(spec.apply(gen.apply(p, jnp.float32(0.5)), x)))
+        return jnp.mean(jnp.square(spec.apply(gen.apply(p, tau=jnp.float32(0.5)), x)))
 
     jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(hp)
     sizes = [math.prod(v.aval.shape) for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars if hasattr(v.aval, "shape")]
@@ -215,7 +215,7 @@ def test_training_with_regularisers_lowers_loss_and_entropy(spec, key):
     y = jnp.arange(32) % 3
 
     def loss_fn(p, batch, rng):
-        logits = spec.apply(gen.apply(p, batch[2]), batch[0])
+        logits = spec.apply(gen.apply(p, tau=batch[2]), batch[0])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
         ent = hj.generators.codebook_entropy(p, batch[2])
         return ce + 0.5 * ent + 0.1 * hj.generators.codebook_usage_kl(p, batch[2]), {"ce": ce, "ent": ent}
@@ -241,7 +241,7 @@ def test_export_property(widths, k, shared, seed):
     spec = mlp_spec(tuple(widths))
     gen = hj.generators.codebook(spec, num_values=k, where="*/kernel", shared=shared)
     abstract = jax.eval_shape(gen.init, jax.random.key(0))            # tracing only
-    assert sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["codebook"])) == \
+    assert sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["hyper"])) == \
         sum(a * b for a, b in zip(widths[:-1], widths[1:])) * k + k * (1 if shared else len(widths) - 1)
     rng = np.random.default_rng(seed)
     hp = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), abstract)
@@ -249,8 +249,8 @@ def test_export_property(widths, k, shared, seed):
     chex.assert_trees_all_equal_shapes_and_dtypes(params, spec.zeros())
     kernels = []
     for i in range(len(widths) - 1):
-        a = np.asarray(hp["codebook"]["logits"][f"l{i}"]["kernel"])
-        v = np.asarray(hp["codebook"]["values"] if shared else hp["codebook"]["values"][f"l{i}"]["kernel"])
+        a = np.asarray(hp["hyper"]["logits"][f"l{i}"]["kernel"])
+        v = np.asarray(hp["hyper"]["values"] if shared else hp["hyper"]["values"][f"l{i}"]["kernel"])
         np.testing.assert_array_equal(params[f"l{i}"]["kernel"], v[a.argmax(-1)])
         kernels.append(np.asarray(params[f"l{i}"]["kernel"]).ravel())
     kernels = np.concatenate(kernels)
@@ -279,18 +279,22 @@ def test_bad_temperatures_and_hparams_raise(spec, key):
     gen = hj.generators.codebook(spec, num_values=4, where="*/kernel")
     hp = gen.init(key)
     with pytest.raises(ValueError, match=r"the temperature `tau` must be > 0, got -0.5"):
-        gen.apply(hp, jnp.float32(-0.5))
+        gen.apply(hp, tau=jnp.float32(-0.5))
     with pytest.raises(ValueError, match=r"must be a floating scalar of shape \(\), got shape \(2,\)"):
-        gen.apply(hp, jnp.ones(2))
-    with pytest.raises(ValueError, match=r"must be a floating scalar of shape \(\), got shape \(\) dtype int32"):
-        gen.apply(hp, jnp.int32(1))
+        gen.apply(hp, tau=jnp.ones(2))
+    with pytest.raises(TypeError, match=r"must be a floating scalar of shape \(\), got shape \(\) dtype int32"):
+        gen.apply(hp, tau=jnp.int32(1))
     with pytest.raises(ValueError, match=r"codebook_entropy: `tau` must be a positive finite number, got 0"):
         hj.generators.codebook_entropy(hp, 0)
-    with pytest.raises(ValueError, match=r"hparams has no 'codebook' entry; pass the hparams made by "
+    with pytest.raises(ValueError, match=r"hparams has no 'hyper' entry; pass the hparams made by "
                                          r"hyperjax.generators.codebook"):
         hj.generators.codebook_usage_kl({"mlp": []})
-    with pytest.raises(ValueError, match=r"hparams has no 'codebook' entry"):
+    with pytest.raises(ValueError, match=r"hparams\['hyper'\] has no codebook 'logits' and 'values'"):
+        hj.generators.codebook_entropy({"hyper": {"mlp": []}})
+    with pytest.raises(ValueError, match=r"hparams tree does not match the target \(missing: hyper/logits"):
         gen.apply({"direct": hp["direct"]})
+    with pytest.raises(ValueError, match=r"codebook has no conditioned form \(cond_dim=3"):
+        hj.generators.codebook(spec, num_values=4, cond_dim=3)
     with pytest.raises(ValueError, match=r"`prior` must have shape \(4,\) \(num_values\), got \(3,\)"):
         hj.generators.codebook_usage_kl(hp, prior=jnp.ones(3) / 3)
     with pytest.raises(ValueError, match=r"`prior` must be positive and sum to 1, got sum 2"):

@@ -211,7 +211,7 @@ def test_vmap_over_conds_equals_a_loop(factory, kwargs):
 
 
 def test_dense_param_count_formula(tiny_mlp_spec, key):
-    gen = hj.generators.dense(tiny_mlp_spec, 4, hidden=(6, 5))
+    gen = hj.generators.dense(tiny_mlp_spec, cond_dim=4, hidden=(6, 5))
     sizes = (4, 6, 5, tiny_mlp_spec.size)
     want = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
     assert hj.training.count_params(jax.eval_shape(gen.init, key)) == want
@@ -219,11 +219,11 @@ def test_dense_param_count_formula(tiny_mlp_spec, key):
 
 @pytest.mark.parametrize("chunk_size", [1, 6, 11, 13, 66, 67])
 def test_chunk_count_and_param_count(tiny_mlp_spec, key, chunk_size):
-    gen = hj.generators.chunked(tiny_mlp_spec, 4, chunk_size, 3, hidden=8)
+    gen = hj.generators.chunked(tiny_mlp_spec, cond_dim=4, chunk_size=chunk_size, chunk_emb_dim=3, hidden=8)
     hp = jax.eval_shape(gen.init, key)
     n_chunks = math.ceil(tiny_mlp_spec.size / chunk_size)
-    assert hp["chunk_emb"].shape == (n_chunks, 3)
-    assert hp["mlp"][-1]["w"].shape == (8, chunk_size)
+    assert hp["embedding"]["chunk_emb"].shape == (n_chunks, 3)
+    assert hp["hyper"]["mlp"][-1]["w"].shape == (8, chunk_size)
     assert hj.training.count_params(hp) == n_chunks * 3 + (4 + 3 + 1) * 8 + (8 + 1) * chunk_size
 
 
@@ -231,27 +231,27 @@ def test_chunked_is_one_vmapped_mlp_not_a_loop(tiny_mlp_spec, key):
     """The jaxpr holds one dot_general per MLP layer whatever the number of chunks."""
     counts = []
     for chunk_size in (2, 33):
-        gen = hj.generators.chunked(tiny_mlp_spec, 4, chunk_size, hidden=8)
+        gen = hj.generators.chunked(tiny_mlp_spec, cond_dim=4, chunk_size=chunk_size, hidden=8)
         jaxpr = jax.make_jaxpr(gen.apply)(jax.eval_shape(gen.init, key), jnp.ones(4, jnp.float32))
         counts.append(str(jaxpr).count("dot_general"))
     assert counts[0] == counts[1] == 2
 
 
 def test_ids_select_their_own_embedding(tiny_mlp_spec, key, maybe_jit):
-    gen = hj.generators.dense(tiny_mlp_spec, 4, hidden=8, num_conds=3)
+    gen = hj.generators.dense(tiny_mlp_spec, cond_dim=4, hidden=8, num_conds=3)
     hp = jax.jit(gen.init)(key)
-    assert hp["cond_emb"].shape == (3, 4)
-    direct = hj.generators.dense(tiny_mlp_spec, 4, hidden=8)
+    assert hp["embedding"]["cond_emb"].shape == (3, 4)
+    direct = hj.generators.dense(tiny_mlp_spec, cond_dim=4, hidden=8)
     for i in range(3):
         chex.assert_trees_all_close(maybe_jit(gen.apply)(hp, jnp.int32(i)),
-                                    direct.apply({"mlp": hp["mlp"]}, hp["cond_emb"][i]), rtol=1e-6)
+                                    direct.apply({"hyper": hp["hyper"]}, hp["embedding"]["cond_emb"][i]), rtol=1e-6)
     grads = jax.grad(lambda h: jnp.sum(tiny_mlp_spec.flatten(gen.apply(h, jnp.int32(1)))))(hp)
-    rows = np.asarray(jnp.any(grads["cond_emb"] != 0, axis=1))
+    rows = np.asarray(jnp.any(grads["embedding"]["cond_emb"] != 0, axis=1))
     assert rows.tolist() == [False, True, False]
 
 
 def test_traced_out_of_range_id_gives_nan_not_a_valid_embedding(tiny_mlp_spec, key):
-    gen = hj.generators.dense(tiny_mlp_spec, 4, hidden=8, num_conds=3)
+    gen = hj.generators.dense(tiny_mlp_spec, cond_dim=4, hidden=8, num_conds=3)
     hp = jax.jit(gen.init)(key)
     apply = jax.jit(gen.apply)
     assert bool(jnp.all(jnp.isfinite(tiny_mlp_spec.flatten(apply(hp, jnp.int32(2))))))
@@ -260,20 +260,20 @@ def test_traced_out_of_range_id_gives_nan_not_a_valid_embedding(tiny_mlp_spec, k
 
 
 def test_init_is_deterministic_per_key(tiny_mlp_spec):
-    init = jax.jit(hj.generators.chunked(tiny_mlp_spec, 4, 7, hidden=8).init)
+    init = jax.jit(hj.generators.chunked(tiny_mlp_spec, cond_dim=4, chunk_size=7, hidden=8).init)
     chex.assert_trees_all_equal(init(jax.random.key(1)), init(jax.random.key(1)))
     a, b = init(jax.random.key(1)), init(jax.random.key(2))
-    assert not np.allclose(a["chunk_emb"], b["chunk_emb"])
+    assert not np.allclose(a["embedding"]["chunk_emb"], b["embedding"]["chunk_emb"])
 
 
 def test_partial_equals_factory_with_where(tiny_mlp_spec, key):
     via_partial = hj.generators.partial(hj.generators.chunked, tiny_mlp_spec, where="*/kernel", cond_dim=4,
                                         chunk_size=5, hidden=8)
-    direct = hj.generators.chunked(tiny_mlp_spec, 4, 5, hidden=8, where="*/kernel")
+    direct = hj.generators.chunked(tiny_mlp_spec, cond_dim=4, chunk_size=5, hidden=8, where="*/kernel")
     hp = jax.jit(via_partial.init)(key)
     chex.assert_trees_all_equal(hp, jax.jit(direct.init)(key))
     assert set(hp["direct"]) == {"Dense_0", "Dense_1"} and set(hp["direct"]["Dense_0"]) == {"bias"}
     c = jnp.ones(4, jnp.float32)
     chex.assert_trees_all_equal(jax.jit(via_partial.apply)(hp, c), jax.jit(direct.apply)(hp, c))
     n_kernels = 5 * 7 + 7 * 3
-    assert hp["chunk_emb"].shape[0] == math.ceil(n_kernels / 5)
+    assert hp["embedding"]["chunk_emb"].shape[0] == math.ceil(n_kernels / 5)

@@ -29,11 +29,11 @@ def spec():
 
 
 GENERATORS = [
-    pytest.param(lambda spec, init: hj.generators.dense(spec, COND_DIM, hidden=HIDDEN, init=init), id="dense"),
-    pytest.param(lambda spec, init: hj.generators.chunked(spec, COND_DIM, 96, 8, hidden=HIDDEN, init=init),
+    pytest.param(lambda spec, init: hj.generators.dense(spec, cond_dim=COND_DIM, hidden=HIDDEN, init=init), id="dense"),
+    pytest.param(lambda spec, init: hj.generators.chunked(spec, cond_dim=COND_DIM, chunk_size=96, chunk_emb_dim=8, hidden=HIDDEN, init=init),
                  id="chunked"),
 ]
-PARTIAL = pytest.param(lambda spec, init: hj.generators.dense(spec, COND_DIM, hidden=HIDDEN, init=init,
+PARTIAL = pytest.param(lambda spec, init: hj.generators.dense(spec, cond_dim=COND_DIM, hidden=HIDDEN, init=init,
                                                                where="*/kernel"), id="partial-dense")
 INITS = [("hyperfan_in", "fan_in", "fan_out"), ("hyperfan_out", "fan_out", "fan_in")]
 
@@ -90,7 +90,7 @@ def test_partial_generation_keeps_the_kernel_statistics(spec, make):
 
 
 def test_partial_direct_leaves_use_the_framework_init(spec):
-    gen = hj.generators.dense(spec, COND_DIM, hidden=8, where="*/kernel")
+    gen = hj.generators.dense(spec, cond_dim=COND_DIM, hidden=8, where="*/kernel")
     hp = jax.jit(gen.init)(jax.random.key(0))
     np.testing.assert_allclose(float(jnp.mean(hp["direct"]["norm"]["scale"])), 1.0, atol=0.05)
     assert float(jnp.max(jnp.abs(hp["direct"]["a"]["bias"]))) <= 1 / np.sqrt(32)

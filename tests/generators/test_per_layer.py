@@ -136,7 +136,12 @@ def assert_close(a, b, **kw):
 
 def generator_weights(hparams):
     """Weights and biases of the per_layer generators (embeddings excluded), as the paper counts."""
-    return sum(int(np.size(v)) for g in hparams["per_layer"].values() for k, v in g.items() if k != "layer_emb")
+    return sum(int(np.size(v)) for g in hparams["hyper"]["per_layer"].values() for v in g.values())
+
+
+def group(hparams, name):
+    """One block shape's generator weights with its blocks' embeddings, {"w_in", ..., "layer_emb"}."""
+    return {**hparams["hyper"]["per_layer"][name], "layer_emb": hparams["embedding"]["layer_emb"][name]}
 
 
 # ------------------------------------------------------------------------------------------------ the paper
@@ -147,7 +152,7 @@ def test_paper_mnist_parameter_count(key):
     hp = jax.eval_shape(gen.init, key)
     assert math.prod(spec.leaves["Conv_1/kernel"].shape) == 12_544
     assert generator_weights(hp) == 4_240
-    assert hp["per_layer"]["7x7x16x16"]["layer_emb"].shape == (1, 4)
+    assert hp["embedding"]["layer_emb"]["7x7x16x16"].shape == (1, 4)
     assert hj.generators.per_layer_param_count((7, 7, 16, 16), z_dim=4, d=4) == 4_240
     assert hj.generators.per_layer_param_count((16, 16, 7, 7), z_dim=4, d=4, layout="out_in") == 4_240
     # the ordinary params of the other leaves are there too, untouched by the generator
@@ -169,11 +174,11 @@ def test_two_stage_formula_per_input_slice(block, key):
     k = np.asarray(jax.jit(gen.apply)(hp)["Conv_1"]["kernel"])
     std = 1.0 / math.sqrt(7 * 7 * 16)                         # the fixed hyperfan-in scale of this leaf
     if block is None:
-        g = hp["per_layer"]["7x7x16x16"]
+        g = group(hp, "7x7x16x16")
         for i in (0, 5, 15):
             np.testing.assert_allclose(k[:, :, i, :], std * _slice(g, 0, i, (7, 7, 16)), atol=1e-6)
     else:
-        g = hp["per_layer"]["7x7x8x4"]
+        g = group(hp, "7x7x8x4")
         assert g["layer_emb"].shape == (2 * 4, 4)              # 16/8 input tiles x 16/4 output tiles
         for it, ot, i in ((0, 0, 0), (1, 2, 5), (1, 3, 7)):
             want = std * _slice(g, it * 4 + ot, i, (7, 7, 4))
@@ -187,9 +192,9 @@ def test_each_block_has_its_own_embedding(key):
     hp = jax.jit(gen.init)(key)
     apply = jax.jit(gen.apply)
     before = np.asarray(apply(hp)["Conv_1"]["kernel"])
-    emb = np.array(hp["per_layer"]["7x7x8x8"]["layer_emb"])
+    emb = np.array(hp["embedding"]["layer_emb"]["7x7x8x8"])
     emb[2] += 1.0                                                          # block (it=1, ot=0)
-    hp2 = {"per_layer": {"7x7x8x8": {**hp["per_layer"]["7x7x8x8"], "layer_emb": jnp.asarray(emb)}}}
+    hp2 = {**hp, "embedding": {"layer_emb": {"7x7x8x8": jnp.asarray(emb)}}}
     diff = np.abs(np.asarray(apply(hp2)["Conv_1"]["kernel"]) - before).max(axis=(0, 1))   # (16, 16)
     assert diff[8:, :8].min() > 0
     assert diff[:8].max() == 0 and diff[:, 8:].max() == 0
@@ -215,15 +220,15 @@ def test_groups_share_a_generator_across_layers_of_one_shape(key):
     spec = hj.targets.from_linen(Unrolled(depth=3, width=4), jnp.ones((1, 3)))
     gen = hj.generators.per_layer(spec, where="hidden_*/*")
     hp = jax.eval_shape(gen.init, key)
-    assert set(hp["per_layer"]) == {"4x4", "1x4"}                    # kernels (4 x 4) and biases (1 x 4)
-    assert hp["per_layer"]["4x4"]["layer_emb"].shape == (3, 4)       # one embedding per layer
-    assert hp["per_layer"]["1x4"]["layer_emb"].shape == (3, 4)
+    assert set(hp["hyper"]["per_layer"]) == {"4x4", "1x4"}           # kernels (4 x 4) and biases (1 x 4)
+    assert hp["embedding"]["layer_emb"]["4x4"].shape == (3, 4)       # one embedding per layer
+    assert hp["embedding"]["layer_emb"]["1x4"].shape == (3, 4)
     # blocks of another shape get another generator
     gen2 = hj.generators.per_layer(spec, where="*/kernel")
-    assert set(jax.eval_shape(gen2.init, key)["per_layer"]) == {"3x4", "4x4", "4x2"}
+    assert set(jax.eval_shape(gen2.init, key)["hyper"]["per_layer"]) == {"3x4", "4x4", "4x2"}
     # the embeddings are labelled "embedding" for hj.training.multi_optimizer
     labels = hj.training.labels(hp)
-    assert labels["per_layer"]["4x4"]["layer_emb"] == "embedding" and labels["per_layer"]["4x4"]["w_out"] == "hyper"
+    assert labels["embedding"]["layer_emb"]["4x4"] == "embedding" and labels["hyper"]["per_layer"]["4x4"]["w_out"] == "hyper"
     assert labels["direct"]["Dense_0"]["kernel"] == "direct"
 
 
@@ -239,7 +244,7 @@ def test_stacked_layers_equal_separate_leaves(key):
     def both(key):
         hp = g_u.init(key)
         p_u = g_u.apply(hp)
-        p_s = g_s.apply({"per_layer": hp["per_layer"], "direct": {k: hp["direct"][k] for k in ("Dense_0", "Dense_1")}})
+        p_s = g_s.apply({"hyper": hp["hyper"], "embedding": hp["embedding"], "direct": {k: hp["direct"][k] for k in ("Dense_0", "Dense_1")}})
         return p_s, p_u, stacked.apply(p_s, x), unrolled.apply(p_u, x)
     p_s, p_u, y_s, y_u = host(both(key))
     for j in range(3):
@@ -281,7 +286,7 @@ def test_init_matches_fan_in_variance(key):
 # ------------------------------------------------------------------------------------------------ gradients
 def test_numeric_gradients(key):
     spec, x = out_in_spec()
-    gen = hj.generators.per_layer(spec, 2, where="conv/*", z_dim=2, d=2, block=(2, 2))
+    gen = hj.generators.per_layer(spec, cond_dim=2, where="conv/*", z_dim=2, d=2, block=(2, 2))
     c = jnp.array([0.3, -0.7], jnp.float32)
 
     @jax.jit
@@ -292,7 +297,7 @@ def test_numeric_gradients(key):
     with jax.numpy_dtype_promotion("standard"):
         check_grads(jax.jit(lambda v: loss(unravel(v))), (flat,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
     grads = jax.jit(jax.grad(loss))(hp)
-    for path, g in hj._src.paths.leaves_with_paths(grads["per_layer"]):
+    for path, g in jax.tree_util.tree_flatten_with_path({k: grads[k] for k in ("hyper", "embedding")})[0]:
         assert np.abs(np.asarray(g)).max() > 0, path          # every generator leaf and embedding learns
 
 
@@ -317,7 +322,7 @@ def test_training_lowers_loss(key):
 
 def test_per_sample_vmap(key):
     spec = small_cnn()
-    gen = hj.generators.per_layer(spec, 3, where="Conv_1/kernel")
+    gen = hj.generators.per_layer(spec, cond_dim=3, where="Conv_1/kernel")
     hp = jax.jit(gen.init)(key)
     conds = jax.random.normal(jax.random.key(1), (2, 3), jnp.float32)
     ys = jax.jit(hj.per_sample(gen, spec))(hp, conds, X_IMG)
@@ -346,17 +351,17 @@ def test_shapes_and_counts_property(k, n_in, n_out, t_in, t_out, z, d, layout):
     want = hj.generators.per_layer_param_count(block, z_dim=z, d=d, layout=layout)
     want += hj.generators.per_layer_param_count((n_out,), z_dim=z, d=d)       # biases: their own group
     assert generator_weights(hp) == want
-    assert sum(g["layer_emb"].shape[0] for g in hp["per_layer"].values()) == t_in * t_out + t_out
+    assert sum(z.shape[0] for z in hp["embedding"]["layer_emb"].values()) == t_in * t_out + t_out
 
 
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("kwargs,match", [
     ({"z_dim": 0}, r"`z_dim` must be a positive int, got 0"),
     ({"d": -1}, r"`d` must be a positive int, got -1"),
-    ({"mode": "conv3d"}, r"unknown `mode`='conv3d'; valid options are 'auto', 'conv', 'dense'"),
-    ({"where": "*", "mode": "conv"}, r"leaf 'Conv_0/bias' has shape \(4,\) \(1-D\), but mode='conv' needs a 4-D"),
-    ({"where": "Dense_0/kernel", "mode": "conv"}, r"leaf 'Dense_0/kernel' .* mode='conv' needs a 4-D convolution"),
-    ({"where": "Conv_1/kernel", "mode": "dense"}, r"leaf 'Conv_1/kernel' has shape \(3, 3, 4, 4\) .* 2-D kernel"),
+    ({"kernels": "conv3d"}, r"unknown `kernels`='conv3d'; valid options are 'auto', 'conv', 'dense'"),
+    ({"where": "*", "kernels": "conv"}, r"leaf 'Conv_0/bias' has shape \(4,\) \(1-D\), but kernels='conv' needs a 4-D"),
+    ({"where": "Dense_0/kernel", "kernels": "conv"}, r"leaf 'Dense_0/kernel' .* kernels='conv' needs a 4-D convolution"),
+    ({"where": "Conv_1/kernel", "kernels": "dense"}, r"leaf 'Conv_1/kernel' has shape \(3, 3, 4, 4\) .* 2-D kernel"),
     ({"where": "Conv_0/kernel", "block": (2, 2)}, r"leaf 'Conv_0/kernel' \(3, 3, 1, 4\) has 1 input channels N_in, "
                                                   r"not a multiple of block\[0\]=2"),
     ({"where": "Conv_1/kernel", "block": (4, 3)}, r"leaf 'Conv_1/kernel' .* 4 output channels N_out, not a "
@@ -387,10 +392,10 @@ def test_bad_conditioning_raises(key):
     static = hj.generators.per_layer(spec, where="Conv_1/kernel")
     with pytest.raises(ValueError, match=r"built without conditioning \(cond_dim=None\), so `cond` must be None"):
         jax.eval_shape(static.apply, jax.eval_shape(static.init, key), jnp.ones(3))
-    cond = hj.generators.per_layer(spec, 3, where="Conv_1/kernel")
+    cond = hj.generators.per_layer(spec, cond_dim=3, where="Conv_1/kernel")
     with pytest.raises(ValueError, match=r"`cond` must have shape \(3,\) \(cond_dim=3\), got \(2, 3\)"):
         jax.eval_shape(cond.apply, jax.eval_shape(cond.init, key), jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match=r"hparams has no 'per_layer' entry"):
+    with pytest.raises(ValueError, match=r"hparams tree does not match the target \(missing: embedding/layer_emb/"):
         jax.eval_shape(static.apply, {"direct": jax.eval_shape(static.init, key)["direct"]})
     with pytest.raises(TypeError, match=r"`target` must be a TargetSpec"):
         hj.generators.per_layer({"w": sds((2, 2))})

@@ -100,7 +100,7 @@ def test_linear_generator_is_embedding_times_matrix(spec, emb, key):
     """hidden=(), no standardisation: W = emb @ A + b exactly (the paper's degenerate case)."""
     gen = hj.generators.rowwise(spec, where="enc/kernel", feature_emb=emb, hidden=(), standardize=False)
     hp = gen.init(key)
-    want = emb @ hp["head"]["w"] + hp["head"]["b"][None, :]
+    want = emb @ hp["hyper"]["head"]["w"] + hp["hyper"]["head"]["b"][None, :]
     np.testing.assert_allclose(gen.apply(hp)["enc"]["kernel"], want, rtol=1e-5, atol=1e-6)
 
 
@@ -109,7 +109,7 @@ def test_decoder_is_generated_transposed_from_the_same_hidden_features(spec, emb
     hp = gen.init(key)
     x = (emb - emb.mean(0, keepdims=True)) / emb.std(0, keepdims=True)
     params = gen.apply(hp)
-    np.testing.assert_allclose(params["dec"]["kernel"], (x @ hp["decoder_head"]["w"] + hp["decoder_head"]["b"][None, :]).T,
+    np.testing.assert_allclose(params["dec"]["kernel"], (x @ hp["hyper"]["decoder_head"]["w"] + hp["hyper"]["decoder_head"]["b"][None, :]).T,
                                rtol=1e-4, atol=1e-5)
     assert params["dec"]["kernel"].shape == (H, D)
 
@@ -180,8 +180,8 @@ def test_fixed_embeddings_are_not_trainable(spec, emb, built, key):
     assert not np.allclose(gen.apply(state.params)["enc"]["kernel"],
                            gen.apply(state.params, feature_emb=emb[::-1])["enc"]["kernel"])
     learned_hp = built["learned-linear"][1]
-    assert learned_hp["feature_emb"].shape == (D, 3)
-    assert hj.training.labels(learned_hp)["feature_emb"] == "embedding"
+    assert learned_hp["embedding"]["feature_emb"].shape == (D, 3)
+    assert hj.training.labels(learned_hp)["embedding"]["feature_emb"] == "embedding"
 
 
 def test_gradient_reaches_every_generator_leaf(spec, built, key):
@@ -197,9 +197,10 @@ def test_gradient_reaches_every_generator_leaf(spec, built, key):
         return jax.grad(loss)(p)
 
     g = grads(hp)
-    assert {"feature_emb", "cond_emb", "trunk", "head", "decoder_head", "direct"} <= set(g)
+    assert {"feature_emb", "cond_emb"} <= set(g["embedding"]) and set(g["hyper"]) == {"trunk", "head", "decoder_head"}
+    assert "direct" in g
     for path, leaf in jax.tree_util.tree_flatten_with_path(g)[0]:
-        if jax.tree_util.keystr(path).startswith("['cond_emb']"):
+        if jax.tree_util.keystr(path).startswith("['embedding']['cond_emb']"):
             leaf = leaf[3]                                      # only the used id's embedding learns
         assert float(jnp.abs(leaf).sum()) > 0, jax.tree_util.keystr(path)
 
@@ -217,7 +218,7 @@ def test_numeric_gradients(name, spec, built):
 
 
 def test_per_sample_vmap_with_cond(spec, emb, key):
-    gen = hj.generators.rowwise(spec, 2, where="enc/kernel", feature_emb=emb, hidden=(6,))
+    gen = hj.generators.rowwise(spec, cond_dim=2, where="enc/kernel", feature_emb=emb, hidden=(6,))
     hp = gen.init(key)
     conds = jax.random.normal(key, (3, 2))
     xs = jax.random.normal(jax.random.key(1), (3, D))
@@ -254,7 +255,7 @@ def test_memory_has_no_intermediate_larger_than_rows(key):
     d, e, h, hid = 500, 7, 6, 9
     spec = hj.targets.from_linen(AutoEncoderMLP(hidden=h), jnp.ones((1, d), jnp.float32))
     emb = jnp.ones((d, e))
-    gen = hj.generators.rowwise(spec, 3, where="enc/kernel", feature_emb=emb, hidden=(hid, hid))
+    gen = hj.generators.rowwise(spec, cond_dim=3, where="enc/kernel", feature_emb=emb, hidden=(hid, hid))
     hp = jax.eval_shape(gen.init, key)                      # tracing only: no compile
 
     def loss(p):
@@ -321,10 +322,10 @@ def test_bad_apply_inputs_raise(built, emb):
     with pytest.raises(ValueError, match=r"`feature_emb` must be a floating array of shape \(12, 4\).*got \(12, 3\)"):
         static.apply(hp, feature_emb=emb[:, :3])
     conditioned, chp, _ = built["cond-no-normalize"]
-    with pytest.raises(ValueError, match=r"`cond` must have shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"this generator is conditioned \(cond_dim=2\): call apply\(hparams, cond\)"):
         conditioned.apply(chp)
     learned, lhp, _ = built["learned-linear"]
     with pytest.raises(ValueError, match=r"learns its feature embeddings .* cannot be given to apply"):
         learned.apply(lhp, feature_emb=emb)
-    with pytest.raises(ValueError, match=r"hparams has no 'feature_emb' entry"):
-        learned.apply({"trunk": [], "direct": lhp["direct"]})
+    with pytest.raises(ValueError, match=r"hparams tree does not match the target \(missing: embedding/feature_emb"):
+        learned.apply({"hyper": lhp["hyper"], "direct": lhp["direct"]})

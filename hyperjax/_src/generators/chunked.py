@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,10 +16,11 @@ from hyperjax._src.types import HyperNetwork
 _N_CALIBRATION = 16   # unit-normal conds averaged to scale the output layer at init
 
 
-def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | None = None,
-            chunk_emb_dim: int = 8, *, hidden: int | Sequence[int] = (100,), num_conds: int | None = None,
-            where: Any = None, init: str = "hyperfan_in", center: bool = True,
-            activation: Callable[[jax.Array], jax.Array] = jax.nn.relu, dtype: Any = jnp.float32) -> HyperNetwork:
+def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None, num_conds: int | None = None,
+            chunk_emb_dim: int = 8, hidden: int | Sequence[int] = common.DEFAULT_HIDDEN, where: Any = None,
+            init: str = "hyperfan_in", center: bool = True,
+            activation: Callable[[jax.Array], jax.Array] = jax.nn.relu, z_dim: int = common.DEFAULT_Z_DIM,
+            dtype: Any = jnp.float32) -> HyperNetwork:
     """MLP([cond, chunk_emb_i]) -> chunk i of the flat generated vector, for i < ceil(n / chunk_size).
 
     The chunks are concatenated, the ragged tail is dropped and the vector is split into leaves, so sizes
@@ -28,9 +28,11 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
     one batched matmul (`jax.vmap`), never a Python loop.
 
     Args:
-      target, cond_dim, hidden, num_conds, where, activation, dtype: as in `dense`.
+      target, cond_dim, num_conds, hidden, where, activation, z_dim, dtype: as in `dense` (cond_dim=None:
+        static, one learned code f[z_dim]; traced out-of-range ids give NaN weights).
       chunk_size: scalars emitted per chunk (> 0).
-      chunk_emb_dim: size of each learned chunk embedding (hparams["chunk_emb"]: f[n_chunks, chunk_emb_dim]).
+      chunk_emb_dim: size of each learned chunk embedding (hparams["embedding"]["chunk_emb"]:
+        f[n_chunks, chunk_emb_dim]).
       init: "hyperfan_in" / "hyperfan_out". The output layer is shared by chunks that straddle leaves, so
         it is initialised (from the initial chunk embeddings and 16 unit-normal conds drawn from the init
         key, like learned cond embeddings) for unit output variance, and
@@ -43,20 +45,23 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
         Ignored when hidden=() (centring the input would remove the conditioning) and when there is a
         single chunk (the centred features would be zero: every output would be the output bias).
 
+    apply(hparams, cond=None): cond f[cond_dim], an int id, or None (static) -> params shaped like `target`.
+    hparams: {"hyper": {"mlp": [...]}, "embedding": {"chunk_emb", "cond_emb" | "code"}, "direct": ...}.
     Generator parameters: n_chunks * chunk_emb_dim + MLP with sizes (cond_dim + chunk_emb_dim, *hidden, chunk_size).
+    Raises: TypeError for a target that is not a TargetSpec; ValueError for non-positive sizes, an unknown
+    init, or a `where` that matches nothing.
     """
     who = "generators.chunked"
     paths = common.generated_paths(target, where, who)
-    cond = common.conditioning(cond_dim, num_conds, who)
-    if chunk_size is None:
-        raise ValueError(f"hyperjax.{who}: `chunk_size` is required (scalars per chunk, a positive int).")
+    z_dim = checks.positive_int(z_dim, "z_dim", who)
+    cond = common.conditioning(cond_dim, num_conds, who, static=common.LearnedCode(z_dim))
     chunk_size = checks.positive_int(chunk_size, "chunk_size", who)
     chunk_emb_dim = checks.positive_int(chunk_emb_dim, "chunk_emb_dim", who)
     hidden = checks.positive_ints(hidden, "hidden", who)
     affine = common.leaf_moments(target, paths, init, who)
-    n_out = sum(math.prod(target.leaves[p].shape) for p in paths)
+    n_out = common.num_outputs(target, paths)
     n_chunks = -(-n_out // chunk_size)
-    sizes = (cond.cond_dim + chunk_emb_dim, *hidden, chunk_size)
+    sizes = (cond.dim + chunk_emb_dim, *hidden, chunk_size)
     center = center and bool(hidden) and n_chunks > 1
 
     def features(mlp, c, chunk_emb):
@@ -76,14 +81,15 @@ def chunked(target: TargetSpec, cond_dim: int | None = None, chunk_size: int | N
         def moment(c):
             h = features(mlp, c, chunk_emb)
             return jnp.mean(jnp.sum(h * h, axis=1))
-        cal = jax.random.normal(k_cal, (_N_CALIBRATION, cond.cond_dim), dtype)
+        cal = jax.random.normal(k_cal, (_N_CALIBRATION, cond.dim), dtype)
         second_moment = jnp.maximum(jnp.mean(jax.lax.map(moment, cal)), 1e-12)
         mlp[-1]["w"] = mlp[-1]["w"] * jax.lax.rsqrt(second_moment).astype(dtype)
-        return {"chunk_emb": chunk_emb, "mlp": mlp}
+        return {"hyper": {"mlp": mlp}, "embedding": {"chunk_emb": chunk_emb}}
 
     def core_apply(hparams, c):
-        h = features(hparams["mlp"], c.astype(dtype), hparams["chunk_emb"])
-        out = hparams["mlp"][-1]
+        mlp = hparams["hyper"]["mlp"]
+        h = features(mlp, c.astype(dtype), hparams["embedding"]["chunk_emb"])
+        out = mlp[-1]
         flat = jax.vmap(lambda hc: hc @ out["w"] + out["b"])(h).reshape(-1)
         return common.split_leaves(target, paths, flat, affine=affine)
 

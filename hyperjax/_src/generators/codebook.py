@@ -25,31 +25,18 @@ from hyperjax._src.types import Array, HParams, HyperNetwork, Params
 WHO = "generators.codebook"
 
 
-class _Temperature:
-    """Conditioning for `assemble`: cond is the temperature tau (a floating scalar) or None for the default."""
-
-    def __init__(self, tau: float):
-        self.tau = tau
-
-    def init(self, key, dtype):
-        return {}
-
-    def vector(self, hparams: HParams, c: Any, who: str) -> Array:
-        if c is None:
-            return jnp.asarray(self.tau, jnp.float32)
-        checks.temperature(c, who)
-        return c
-
-
-def codebook(target: TargetSpec, *, num_values: int, where: Any = None, tau: float = 1.0, shared: bool = True,
-             init: str = "hyperfan_in", init_spread: float = 0.5, dtype: Any = jnp.float32) -> HyperNetwork:
+def codebook(target: TargetSpec, *, num_values: int, cond_dim: None = None, num_conds: None = None,
+             where: Any = None, tau: float = 1.0, shared: bool = True, init: str = "hyperfan_in",
+             init_spread: float = 0.5, dtype: Any = jnp.float32) -> HyperNetwork:
     """Soft weight sharing: each scalar of the selected leaves is softmax(A_i / tau) . v.
 
     Args:
       target: the TargetSpec; leaves not matched by `where` are ordinary params in hparams["direct"].
       num_values: K, the number of shared values.
+      cond_dim, num_conds: must be None: soft sharing learns one set of weights, so there is no conditioned
+        form (for conditioned weights, generate the logits' target with another generator). Given, they raise.
       where: glob(s) or `(path, leaf) -> bool` choosing the shared leaves (e.g. "*/kernel"); None: all.
-      tau: default temperature (> 0), used when apply's cond is None.
+      tau: default temperature (> 0), used when apply gets tau=None.
       shared: True (default): one codebook v: f[K] for all selected leaves, so the exported model holds
         at most K distinct values in total. False: one codebook per leaf (hparams["codebook"]["values"]
         nested by path), at most K distinct values per leaf.
@@ -62,17 +49,24 @@ def codebook(target: TargetSpec, *, num_values: int, where: Any = None, tau: flo
         digits MLP 0.5 trained best (experiments/learned_sharing.py) and the width does not depend on K.
       dtype: of the logits and values; generated leaves are cast to the target's dtypes.
 
-    hparams: {"codebook": {"logits": {path parts: f[*leaf_shape, K]}, "values": f[K] (or per leaf)},
+    hparams: {"hyper": {"logits": {path parts: f[*leaf_shape, K]}, "values": f[K] (or per leaf)},
               "direct": ...}.
-    apply(hparams, cond=None): cond is the temperature, a floating scalar f[] (a traced value, so an annealed
-      tau needs no recompiling; must be > 0) or None for `tau`. The weights are materialised once per call
-      (n x K for n shared scalars), never per example: call apply once per step, then run the target on a batch.
+    apply(hparams, cond=None, *, tau=None): cond must be None (static). tau: the temperature, a floating
+      scalar f[] (a traced value, so an annealed tau needs no recompiling; must be > 0) or None for the
+      factory's `tau`. The weights are materialised once per call (n x K for n shared scalars), never per
+      example: call apply once per step, then run the target on a batch.
     Trainable parameters: n * K + K (shared) or n * K + K * num_leaves (per leaf); plus the ordinary params.
-    Raises ValueError for num_values <= 0, tau <= 0, or `where` matching no leaf.
+    Raises: TypeError for a non-TargetSpec target; ValueError for num_values <= 0, tau <= 0, a cond_dim or
+    num_conds (no conditioned form), or `where` matching no leaf.
     """
     paths = common.generated_paths(target, where, WHO)
+    if cond_dim is not None or num_conds is not None:
+        raise ValueError(f"hyperjax.{WHO}: codebook has no conditioned form (cond_dim={cond_dim!r}, "
+                         f"num_conds={num_conds!r}): soft sharing learns one set of weights, w = softmax(A / tau) "
+                         f". v. Build it with cond_dim=None and num_conds=None; for task-conditioned weights use "
+                         f"dense, chunked, per_layer or low_rank.")
     k = checks.positive_int(num_values, "num_values", WHO)
-    tau = checks.positive_float(tau, "tau", WHO)
+    default_tau = checks.positive_float(tau, "tau", WHO)
     spread = checks.positive_float(init_spread, "init_spread", WHO)
     mean, std = common.leaf_moments(target, paths, init, WHO)
     shapes = {p: tuple(target.leaves[p].shape) for p in paths}
@@ -99,10 +93,13 @@ def codebook(target: TargetSpec, *, num_values: int, where: Any = None, tau: flo
                 v, a = values_and_logits(w0[p])
                 logits[p], values[p] = a.reshape(*shapes[p], k), v
             values = _paths.nest(values)
-        return {"codebook": {"logits": _paths.nest(logits), "values": values}}
+        return {"hyper": {"logits": _paths.nest(logits), "values": values}}
 
-    def core_apply(hparams, t):
-        book = hparams["codebook"]
+    def core_apply(hparams, _, *, tau=None):
+        if tau is not None:
+            checks.temperature(tau, WHO)
+        t = jnp.asarray(default_tau if tau is None else tau, jnp.float32)
+        book = hparams["hyper"]
         logits = _paths.unnest(book["logits"], paths)
         values = book["values"] if shared else _paths.unnest(book["values"], paths)
         out = {}
@@ -112,19 +109,27 @@ def codebook(target: TargetSpec, *, num_values: int, where: Any = None, tau: flo
             out[p] = (probs @ v).astype(target.leaves[p].dtype)
         return out
 
-    assembled = common.assemble(target, paths, common.Core(core_init, core_apply), _Temperature(tau), dtype, WHO)
+    assembled = common.assemble(target, paths, common.Core(core_init, core_apply), common.NoCond(), dtype, WHO)
 
-    def apply(hparams: HParams, cond: Array | None = None) -> Params:
-        """cond: the temperature tau, f[] > 0, or None for the factory's tau -> params shaped like `target`."""
-        checks.hparams_entry(hparams, "codebook", WHO, "hyperjax.generators.codebook")
-        return assembled.apply(hparams, cond)
+    def apply(hparams: HParams, cond: None = None, *, tau: Array | float | None = None) -> Params:
+        """cond: None (static); tau: the temperature f[] > 0, or None for the factory's tau -> params."""
+        return assembled.apply(hparams, cond, tau=tau)
 
     return HyperNetwork(assembled.init, apply)
 
 
 # ---------------------------------------------------------------- regularisers
+def _book(hparams: HParams, who: str) -> dict[str, Any]:
+    """hparams["hyper"] of a codebook generator ({"logits", "values"}), or a clear error."""
+    hyper = checks.hparams_entry(hparams, "hyper", who, "hyperjax.generators.codebook")
+    if not isinstance(hyper, dict) or "logits" not in hyper or "values" not in hyper:
+        raise ValueError(f"hyperjax.{who}: hparams['hyper'] has no codebook 'logits' and 'values'; pass the "
+                         f"hparams made by hyperjax.generators.codebook(...).init(key).")
+    return hyper
+
+
 def _logit_leaves(hparams: HParams, who: str) -> list[Array]:
-    book = checks.hparams_entry(hparams, "codebook", who, "hyperjax.generators.codebook")
+    book = _book(hparams, who)
     return [a.reshape(-1, a.shape[-1]) for a in jax.tree.leaves(book["logits"])]
 
 
@@ -197,14 +202,14 @@ def codebook_export(hnet: HyperNetwork, hparams: HParams) -> tuple[Params, dict[
       "compression": bits_dense / bits_indexed, "compression_entropy": bits_dense / bits_entropy}.
     """
     who = "generators.codebook_export"
-    book = checks.hparams_entry(hparams, "codebook", who, "hyperjax.generators.codebook")
+    book = _book(hparams, who)
 
     def harden(a):
         hard = jax.nn.one_hot(jnp.argmax(a, axis=-1), a.shape[-1], dtype=a.dtype)
         return jnp.where(hard > 0, jnp.zeros((), a.dtype), jnp.full((), -jnp.inf, a.dtype))
 
-    hard_hp = {**hparams, "codebook": {**book, "logits": jax.tree.map(harden, book["logits"])}}
-    params = jax.jit(hnet.apply)(hard_hp, None)     # one compile instead of op-by-op dispatch
+    hard_hp = {**hparams, "hyper": {**book, "logits": jax.tree.map(harden, book["logits"])}}
+    params = jax.jit(hnet.apply)(hard_hp)     # one compile instead of op-by-op dispatch
 
     logits = [np.asarray(a) for a in jax.tree.leaves(book["logits"])]
     k = logits[0].shape[-1]

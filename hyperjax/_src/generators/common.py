@@ -1,15 +1,20 @@
-"""Pieces every generator shares: conditioning, the MLP, hyperfan statistics, partial generation.
+"""Pieces every generator shares: conditioning, the MLP, hyperfan statistics, the hparams layout.
 
 A generator *core* emits a subset of the target's leaves as {path: leaf}; `assemble` wraps it into a
-`HyperNetwork` whose hparams also hold the conditioning embeddings ("cond_emb") and, when only some
-leaves are generated, the ordinary parameters ("direct", a nested dict keyed by path parts).
+`HyperNetwork`. Every generator's hparams is a dict keyed by role (`ROLES`), which is what
+`hyperjax.training.labels` reads:
+
+  "hyper"      generator weights (MLPs, heads, per-layer stage weights, codebook logits and values)
+  "embedding"  learned embeddings (cond_emb per id, the static code, chunk_emb, layer_emb, feature_emb)
+  "base"       shared base weights that are modulated (low_rank, scale_modulation)
+  "direct"     the target's ordinary params that are not generated, nested by path parts
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +22,28 @@ import numpy as np
 
 from hyperjax._src import checks
 from hyperjax._src import paths as _paths
-from hyperjax._src.spec import TargetSpec
+from hyperjax._src.spec import select_paths, TargetSpec
 from hyperjax._src.types import Array, HParams, HyperNetwork, PRNGKey
 
 INITS = ("hyperfan_in", "hyperfan_out")
+ROLES = ("hyper", "embedding", "base", "direct")
+DEFAULT_HIDDEN = (100,)     # hidden widths of every built-in generator MLP
+DEFAULT_Z_DIM = 8           # size of the learned code of a static dense / chunked / modulation generator
 
 
 class Core(NamedTuple):
-    """A generator of the leaves `paths` from a conditioning vector c: f[cond_dim]."""
+    """A generator of some leaves from the conditioning vector (or None for a static core).
+
+    init(key) -> {role: {...}} (roles "hyper", "embedding", "base"); apply(hparams, c, **call) -> {path: leaf}.
+    """
 
     init: Callable[[PRNGKey], dict[str, Any]]
-    apply: Callable[[dict[str, Any], Array], dict[str, Array]]
+    apply: Callable[..., dict[str, Array]]
+
+
+def matrices(path: str, leaf: Any) -> bool:
+    """Selector of every 2-D leaf: the default `where` of `low_rank` and `scale_modulation`."""
+    return len(leaf.shape) == 2
 
 
 # ---------------------------------------------------------------- MLP
@@ -77,6 +93,11 @@ def per_element(target: TargetSpec, paths: Sequence[str], values: np.ndarray) ->
     return np.repeat(values, sizes)
 
 
+def num_outputs(target: TargetSpec, paths: Sequence[str]) -> int:
+    """Number of scalars in the leaves `paths`."""
+    return sum(math.prod(target.leaves[p].shape) for p in paths)
+
+
 def split_leaves(target: TargetSpec, paths: Sequence[str], flat: Array,
                  affine: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Array]:
     """f[n] vector (n >= total size; the tail is dropped) -> {path: leaf} with the spec's shape and dtype.
@@ -98,77 +119,164 @@ def split_leaves(target: TargetSpec, paths: Sequence[str], flat: Array,
 
 
 # ---------------------------------------------------------------- conditioning
-class Conditioning(NamedTuple):
-    """How `cond` becomes a vector: used directly (f[cond_dim]) or looked up by integer id."""
+class Conditioning(Protocol):
+    """How apply's `cond` becomes the core's input.
 
-    cond_dim: int
-    num_conds: int | None
+    dim: length of the vector handed to the core (0 when the core gets None).
+    init(key, dtype) -> entries of hparams["embedding"] (e.g. {"cond_emb": f[num_conds, cond_dim]}).
+    vector(hparams, cond, who) -> f[dim], or None for a static core without a code; raises on a bad cond.
+    """
+
+    dim: int
+
+    def init(self, key: PRNGKey, dtype: Any) -> dict[str, Array]: ...
+
+    def vector(self, hparams: HParams, cond: Any, who: str) -> Array | None: ...
+
+
+class VectorCond(NamedTuple):
+    """cond is a conditioning vector f[cond_dim], used as it is."""
+
+    dim: int
 
     def init(self, key: PRNGKey, dtype: Any) -> dict[str, Array]:
-        if self.num_conds is None:
-            return {}
-        return {"cond_emb": jax.random.normal(key, (self.num_conds, self.cond_dim), dtype)}
+        return {}
 
-    def vector(self, hparams: HParams, cond: Array, who: str) -> Array:
-        if self.num_conds is None:
-            checks.cond_vector(cond, self.cond_dim, who)
-            return cond
+    def vector(self, hparams: HParams, cond: Any, who: str) -> Array:
+        if cond is None:
+            raise ValueError(f"hyperjax.{who}: this generator is conditioned (cond_dim={self.dim}): call "
+                             f"apply(hparams, cond) with cond of shape ({self.dim},), or build it with "
+                             f"cond_dim=None for a static generator.")
+        checks.cond_vector(cond, self.dim, who)
+        return cond
+
+
+class IdCond(NamedTuple):
+    """cond is an integer id in [0, num_conds) that selects a learned embedding f[cond_dim].
+
+    Out-of-range traced ids (which cannot be checked at trace time) give NaN rows, never a silently
+    clamped or wrapped embedding; eager ids are checked.
+    """
+
+    dim: int
+    num_conds: int
+
+    def init(self, key: PRNGKey, dtype: Any) -> dict[str, Array]:
+        return {"cond_emb": jax.random.normal(key, (self.num_conds, self.dim), dtype)}
+
+    def vector(self, hparams: HParams, cond: Any, who: str) -> Array:
+        if cond is None:
+            raise ValueError(f"hyperjax.{who}: this generator was built with num_conds={self.num_conds}: call "
+                             f"apply(hparams, cond) with an integer id in [0, {self.num_conds}).")
         checks.cond_index(cond, self.num_conds, who)
-        # a traced id cannot be checked: out-of-range (and negative) ids give NaN rows instead of being
-        # clamped or wrapped silently to a valid embedding
         idx = jnp.where(cond >= 0, cond, self.num_conds)
-        return jnp.take(hparams["cond_emb"], idx, axis=0, mode="fill", fill_value=jnp.nan)
+        return jnp.take(hparams["embedding"]["cond_emb"], idx, axis=0, mode="fill", fill_value=jnp.nan)
 
 
-def conditioning(cond_dim: Any, num_conds: Any, who: str) -> Conditioning:
+class LearnedCode(NamedTuple):
+    """Static generator (cond must be None) whose core maps one learned code hparams["embedding"]["code"]."""
+
+    dim: int
+
+    def init(self, key: PRNGKey, dtype: Any) -> dict[str, Array]:
+        return {"code": jax.random.normal(key, (self.dim,), dtype)}
+
+    def vector(self, hparams: HParams, cond: Any, who: str) -> Array:
+        checks.no_cond(cond, who)
+        return hparams["embedding"]["code"]
+
+
+class NoCond(NamedTuple):
+    """Static generator (cond must be None) whose core needs no input (its own embeddings suffice)."""
+
+    dim: int = 0
+
+    def init(self, key: PRNGKey, dtype: Any) -> dict[str, Array]:
+        return {}
+
+    def vector(self, hparams: HParams, cond: Any, who: str) -> None:
+        checks.no_cond(cond, who)
+        return None
+
+
+def conditioning(cond_dim: Any, num_conds: Any, who: str, *, static: Conditioning) -> Conditioning:
+    """The conditioning of a factory: cond_dim=None (and num_conds=None) -> `static`; an int -> a vector;
+    with num_conds -> integer ids. Raises ValueError for num_conds without cond_dim or non-positive sizes."""
     if cond_dim is None:
-        raise ValueError(f"hyperjax.{who}: `cond_dim` is required (the length of the conditioning vector, "
-                         f"or of the learned embedding when num_conds is set).")
+        if num_conds is not None:
+            raise ValueError(f"hyperjax.{who}: `num_conds` needs `cond_dim` (the size of the learned embedding "
+                             f"per id); cond_dim=None and num_conds=None build a static generator.")
+        return static
     cond_dim = checks.positive_int(cond_dim, "cond_dim", who)
-    if num_conds is not None:
-        num_conds = checks.positive_int(num_conds, "num_conds", who)
-    return Conditioning(cond_dim, num_conds)
+    if num_conds is None:
+        return VectorCond(cond_dim)
+    return IdCond(cond_dim, checks.positive_int(num_conds, "num_conds", who))
 
 
 # ---------------------------------------------------------------- assembling
 def generated_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
+    """Paths of the leaves `where` selects (None: all); raises TypeError for a non-TargetSpec target."""
     if not isinstance(target, TargetSpec):
         raise TypeError(f"hyperjax.{who}: `target` must be a TargetSpec (from hyperjax.targets.from_linen, "
                         f"from_nnx, from_equinox, from_haiku or from_fn), got {type(target).__name__}.")
-    return target.paths if where is None else target.select(where, who=who)
+    return target.paths if where is None else select_paths(target, where, who)
+
+
+def _merge_roles(*parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for role, entries in part.items():
+            out.setdefault(role, {}).update(entries)
+    return {r: out[r] for r in ROLES if out.get(r)}
+
+
+def hparams_checker(init: Callable[[PRNGKey], HParams], who: str) -> Callable[[HParams], None]:
+    """check(hparams): raise naming the first path where hparams differ from `jax.eval_shape(init, key)`.
+
+    The abstract hparams are traced once, on the first check (shapes only, nothing allocated).
+    """
+    expected: list[Any] = []
+
+    def check(hparams: HParams) -> None:
+        if not isinstance(hparams, Mapping):
+            raise TypeError(f"hyperjax.{who}: hparams must be the dict returned by this generator's init(key), "
+                            f"got {type(hparams).__name__}.")
+        if not expected:
+            abstract = jax.eval_shape(init, jax.random.key(0))
+            expected.append((dict(_paths.leaves_with_paths(abstract)), jax.tree_util.tree_structure(abstract)))
+        leaves, treedef = expected[0]
+        checks.tree_matches(hparams, leaves, treedef, who, what="hparams",
+                            hint=" Pass the hparams made by this generator's init(key) (a generator built with "
+                                 "other options or for another target has other hparams).")
+    return check
 
 
 def assemble(target: TargetSpec, paths: Sequence[str], core: Core, cond: Conditioning, dtype: Any,
              who: str) -> HyperNetwork:
-    """Core over `paths` + conditioning + ordinary params for the other leaves -> HyperNetwork."""
+    """Core over `paths` + conditioning + ordinary params for the other leaves -> HyperNetwork.
+
+    init(key) -> {"hyper": ..., "embedding": ..., "base": ..., "direct": ...} (roles present only when used).
+    apply(hparams, cond=None, **call): checks hparams against the generator's own abstract init (tree,
+    shapes, dtypes; at trace time), turns cond into the core's input, and joins generated and direct leaves.
+    """
     direct = tuple(p for p in target.paths if p not in set(paths))
 
     def init(key: PRNGKey) -> HParams:
         k_core, k_cond, k_direct = jax.random.split(key, 3)
-        hparams = dict(core.init(k_core))
-        hparams.update(cond.init(k_cond, dtype))
+        parts = [core.init(k_core), {"embedding": cond.init(k_cond, dtype)}]
         if direct:
             leaves = _paths.leaves_with_paths(target.init(k_direct))
-            hparams["direct"] = _paths.nest({p: l for p, l in leaves if p in set(direct)})
-        return hparams
+            parts.append({"direct": _paths.nest({p: l for p, l in leaves if p in set(direct)})})
+        return _merge_roles(*parts)
 
-    def apply(hparams: HParams, c: Array) -> Any:
-        if not isinstance(hparams, dict) or not all(k in hparams for k in ("direct",) * bool(direct)):
-            raise ValueError(f"hyperjax.{who}: hparams must be the dict returned by init(key)"
-                             + (" with a 'direct' entry for the ordinary parameters." if direct else "."))
+    check_hparams = hparams_checker(init, who)
+
+    def apply(hparams: HParams, c: Any = None, **call: Any) -> Any:
+        check_hparams(hparams)
         vec = cond.vector(hparams, c, who)
-        leaves = core.apply(hparams, vec)
+        leaves = core.apply(hparams, vec, **call)
         if direct:
-            given = hparams["direct"]
-            try:
-                own = _paths.unnest(given, direct)
-            except (KeyError, TypeError):
-                flat = [p for p, _ in _paths.leaves_with_paths(given)]
-                missing = [p for p in direct if p not in flat]
-                raise ValueError(f"hyperjax.{who}: hparams['direct'] lacks ordinary parameters: missing "
-                                 + ", ".join(missing[:20])) from None
-            for p in direct:
-                checks.leaf_like(p, own[p], target.leaves[p], who)
+            own = _paths.unnest(hparams["direct"], direct)
             leaves = {**leaves, **own}
         return target.from_leaves(leaves)
 

@@ -15,31 +15,38 @@ import jax
 import jax.numpy as jnp
 
 from hyperjax._src import checks
+from hyperjax._src.generators import common
 from hyperjax._src.generators.modulation import build, Kind, Leaf, LowRankFactors, Modulated
 from hyperjax._src.spec import TargetSpec
 
 
-def low_rank(target: TargetSpec, cond_dim: int | None = None, *, rank: int, where: Any = None,
-             hidden: int | Sequence[int] = (32,), num_conds: int | None = None, init_scale: float = 0.1,
-             activation: Callable[[jax.Array], jax.Array] = jax.nn.relu, dtype: Any = jnp.float32) -> Modulated:
+def low_rank(target: TargetSpec, *, rank: int, cond_dim: int | None = None, num_conds: int | None = None,
+             where: Any = common.matrices, hidden: int | Sequence[int] = common.DEFAULT_HIDDEN,
+             init: str = "hyperfan_in", init_scale: float = 0.1,
+             activation: Callable[[jax.Array], jax.Array] = jax.nn.relu, z_dim: int = common.DEFAULT_Z_DIM,
+             dtype: Any = jnp.float32) -> Modulated:
     """W(c) = W0 + U diag(s(c)) V^T per selected matrix W0: f[rows, cols], U: f[rows, rank], V: f[cols, rank].
 
     Args:
       target: the TargetSpec; leaves not selected are ordinary params in hparams["direct"].
-      cond_dim: length of the conditioning vector (of the learned embedding per id with `num_conds`).
       rank: r > 0, the rank of the conditioned update (shared U, V; only the r scales s(c) depend on c).
-      where: glob(s) or predicate choosing the modulated leaves, each 2-D; None: every 2-D leaf.
+      cond_dim, num_conds, z_dim: as in `dense` (cond_dim=None: static, one learned code f[z_dim]; traced
+        out-of-range ids give NaN weights).
+      where: glob(s) or predicate choosing the modulated leaves, each 2-D; default `matrices` (every 2-D
+        leaf); None: every leaf (each must be 2-D).
       hidden: hidden widths of the MLP cond -> [s_leaf1, s_leaf2, ...] (() for a linear map).
+      init: "hyperfan_in" / "hyperfan_out": W0 ~ N(0, 1/fan_in) (1/fan_out) of its layer.
       init_scale: at init the update U diag(s(c)) V^T has entries of std init_scale times the leaf's
-        fan-in init std (U, V ~ N(0, 1); the MLP's output layer is scaled to match; its bias is 0), for
+        init std (U, V ~ N(0, 1); the MLP's output layer is scaled to match; its bias is 0), for
         unit-second-moment conditioning.
       activation, dtype: of the MLP; generated leaves are cast to the target's dtypes.
 
-    hparams: {"base": {path parts: W0}, "u": {...: U}, "v": {...: V}, "mlp": [...], "direct": ...,
-    ["cond_emb"]}; W0 starts as the target's own init. Trainable: sum over leaves of rows*cols +
+    hparams: {"base": {path parts: W0}, "hyper": {"mlp": [...], "u": {...: U}, "v": {...: V}},
+    "embedding": ..., "direct": ...}. Trainable: sum over leaves of rows*cols +
     r*(rows + cols), plus the MLP (cond_dim, *hidden, r * num_leaves), plus the ordinary params.
-    apply(hparams, cond) -> params; factors(hparams, conds) -> LowRankFactors tree (see `Modulated`).
-    Raises ValueError for rank <= 0, cond_dim <= 0, or a selected leaf that is not 2-D.
+    apply(hparams, cond=None) -> params; factors(hparams, conds) -> LowRankFactors tree (see `Modulated`).
+    Raises: TypeError for a target that is not a TargetSpec; ValueError for rank <= 0, non-positive sizes,
+    an unknown init, or a selected leaf that is not 2-D.
     """
     who = "generators.low_rank"
     rank = checks.positive_int(rank, "rank", who)
@@ -59,5 +66,5 @@ def low_rank(target: TargetSpec, cond_dim: int | None = None, *, rank: int, wher
 
     kind = Kind("low_rank", ("u", "v"), lambda l: rank, lambda l: (0.0, init_scale * l.std / math.sqrt(rank)),
                 leaf_init, materialise, factors)
-    return build(target, cond_dim, kind=kind, where=where, hidden=hidden, num_conds=num_conds,
-                 activation=activation, dtype=dtype, who=who)
+    return build(target, kind=kind, cond_dim=cond_dim, num_conds=num_conds, where=where, hidden=hidden,
+                 init=init, activation=activation, z_dim=z_dim, dtype=dtype, who=who)

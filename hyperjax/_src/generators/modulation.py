@@ -56,21 +56,26 @@ class ScaleFactors(NamedTuple):
     scale_out: Array | None
 
 
-class Modulated(HyperNetwork):
-    """A `HyperNetwork(init, apply)` over a shared base, plus the factorised path `factors`.
+class Modulated(NamedTuple):
+    """A hypernetwork over a shared base with a factorised path: `(init, apply, factors)`.
 
-    init(key) -> hparams; apply(hparams, cond) -> params (materialised weights, one condition).
-    factors(hparams, cond) -> a tree shaped like the target's params in which every modulated leaf is a
+    init(key) -> hparams; apply(hparams, cond=None) -> params (materialised weights, one condition).
+    factors(hparams, cond=None) -> a tree shaped like the target's params in which every modulated leaf is a
       LowRankFactors / ScaleFactors and every other leaf is its ordinary parameter (hparams["direct"]).
       cond: f[cond_dim] (one condition) or f[B, cond_dim] (one per example; int ids: () or (B,)); the
       per-example parts (s, scale_in, scale_out) get the same leading axes, the base is shared.
       Feed them to `hyperjax.generators.modulated_matmul(x, factors)`.
+    A plain NamedTuple (a pytree of three functions, `_replace` keeps every field); `.hypernetwork` drops
+    `factors` for code that wants a `HyperNetwork(init, apply)`.
     """
 
-    def __new__(cls, init: Callable, apply: Callable, factors: Callable) -> "Modulated":
-        self = super().__new__(cls, init, apply)
-        self.factors = factors
-        return self
+    init: Callable[[PRNGKey], HParams]
+    apply: Callable[..., Any]
+    factors: Callable[..., Any]
+
+    @property
+    def hypernetwork(self) -> HyperNetwork:
+        return HyperNetwork(self.init, self.apply)
 
 
 def modulated_matmul(x: Array, w: Any) -> Array:
@@ -131,31 +136,25 @@ class Kind(NamedTuple):
 
 
 def matrix_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
-    """`where` (None: every 2-D leaf) -> paths, each checked to be 2-D."""
-    if where is None:
-        common.generated_paths(target, None, who)          # type check of `target`
-        chosen = tuple(p for p, l in target.leaves.items() if len(l.shape) == 2)
-        if not chosen:
-            raise ValueError(f"hyperjax.{who}: the target has no 2-D leaf to modulate; its leaves are "
-                             + ", ".join(f"{p} {tuple(l.shape)}" for p, l in target.leaves.items()) + ".")
-        return chosen
+    """`where` (None: every leaf) -> paths, each checked to be 2-D."""
     chosen = common.generated_paths(target, where, who)
     for p in chosen:
         checks.matrix_leaf(p, tuple(target.leaves[p].shape), who, who.rsplit(".", 1)[-1])
     return chosen
 
 
-def build(target: TargetSpec, cond_dim: Any, *, kind: Kind, where: Any, hidden: Any, num_conds: Any,
-          activation: Callable[[Array], Array], dtype: Any, who: str) -> Modulated:
+def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, where: Any, hidden: Any, init: str,
+          activation: Callable[[Array], Array], z_dim: int, dtype: Any, who: str) -> Modulated:
     """The machinery both kinds share: conditioning, the modulation MLP, the base, both paths."""
     paths = matrix_paths(target, where, who)
-    cond = common.conditioning(cond_dim, num_conds, who)
+    z_dim = checks.positive_int(z_dim, "z_dim", who)
+    cond = common.conditioning(cond_dim, num_conds, who, static=common.LearnedCode(z_dim))
     hidden = checks.positive_ints(hidden, "hidden", who)
-    _, std = common.leaf_moments(target, paths, "hyperfan_in", who)
+    _, std = common.leaf_moments(target, paths, init, who)
     leaves = [Leaf(p, *target.leaves[p].shape, target.layout == "out_in", float(s)) for p, s in zip(paths, std)]
     counts = [kind.n_mod(l) for l in leaves]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-    sizes = (cond.cond_dim, *hidden, int(offsets[-1]))
+    sizes = (cond.dim, *hidden, int(offsets[-1]))
     d_k = sizes[-2]
     moments = [kind.out_moments(l) for l in leaves]
     out_mean = np.repeat([m for m, _ in moments], counts).astype(np.float32)
@@ -163,24 +162,24 @@ def build(target: TargetSpec, cond_dim: Any, *, kind: Kind, where: Any, hidden: 
 
     def core_init(key: PRNGKey) -> dict[str, Any]:
         k_base, k_mlp, k_extra = jax.random.split(key, 3)
-        w0 = dict(_paths.leaves_with_paths(target.init(k_base)))
-        out: dict[str, Any] = {"base": _paths.nest({p: jnp.asarray(w0[p], dtype) for p in paths}),
-                               "mlp": common.mlp_init(k_mlp, sizes, dtype, out_std=out_std,
-                                                      out_mean=out_mean if out_mean.any() else 0.0)}
+        k_leaves = jax.random.split(k_base, len(leaves))
+        base = {l.path: jax.random.normal(k, (l.rows, l.cols), dtype) * jnp.asarray(l.std, dtype)
+                for k, l in zip(k_leaves, leaves)}
+        hyper: dict[str, Any] = {"mlp": common.mlp_init(k_mlp, sizes, dtype, out_std=out_std,
+                                                        out_mean=out_mean if out_mean.any() else 0.0)}
         extra = {l.path: kind.leaf_init(k, l) for k, l in zip(jax.random.split(k_extra, len(leaves)), leaves)}
         for name in kind.extra:
-            out[name] = _paths.nest({p: e[name] for p, e in extra.items()})
-        return out
+            hyper[name] = _paths.nest({p: e[name] for p, e in extra.items()})
+        return {"hyper": hyper, "base": _paths.nest(base)}
 
     def parts(hparams: HParams) -> tuple[dict[str, Array], dict[str, dict[str, Array]]]:
-        base = _paths.unnest(checks.hparams_entry(hparams, "base", who, f"hyperjax.{who}"), paths)
-        tables = {n: _paths.unnest(checks.hparams_entry(hparams, n, who, f"hyperjax.{who}"), paths)
-                  for n in kind.extra}
+        base = _paths.unnest(hparams["base"], paths)
+        tables = {n: _paths.unnest(hparams["hyper"][n], paths) for n in kind.extra}
         extra = {p: {n: tables[n][p] for n in kind.extra} for p in paths}
         return base, extra
 
     def modulations(hparams: HParams, c: Array) -> list[Array]:
-        m = common.mlp_apply(hparams["mlp"], c.astype(dtype), activation)
+        m = common.mlp_apply(hparams["hyper"]["mlp"], c.astype(dtype), activation)
         return [m[..., int(a):int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
 
     def core_apply(hparams: HParams, c: Array) -> dict[str, Array]:
@@ -192,49 +191,54 @@ def build(target: TargetSpec, cond_dim: Any, *, kind: Kind, where: Any, hidden: 
         return out
 
     assembled = common.assemble(target, paths, common.Core(core_init, core_apply), cond, dtype, who)
+    check_hparams = common.hparams_checker(assembled.init, who)
     direct_paths = tuple(p for p in target.paths if p not in set(paths))
-    single_ndim = 0 if cond.num_conds is not None else 1
+    single_ndim = 1 if isinstance(cond, common.VectorCond) else 0
 
-    def factors(hparams: HParams, c: Array) -> Any:
-        """cond f[cond_dim] or f[B, cond_dim] (ids () or (B,)) -> params-shaped tree of factors."""
-        if jnp.ndim(c) == single_ndim + 1:                  # a batch: one row of modulations per example
+    def factors(hparams: HParams, c: Array | None = None) -> Any:
+        """cond f[cond_dim] or f[B, cond_dim] (ids () or (B,); None when static) -> params-shaped factors."""
+        check_hparams(hparams)
+        if c is not None and jnp.ndim(c) == single_ndim + 1:   # a batch: one row of modulations per example
             mods = jax.vmap(lambda ci: modulations(hparams, cond.vector(hparams, ci, who)))(c)
         else:
             mods = modulations(hparams, cond.vector(hparams, c, who))
         base, extra = parts(hparams)
         out = {l.path: kind.factors(base[l.path], extra[l.path], m, l) for l, m in zip(leaves, mods)}
         if direct_paths:
-            out.update(_paths.unnest(checks.hparams_entry(hparams, "direct", who, f"hyperjax.{who}"),
-                                     direct_paths))
+            out.update(_paths.unnest(hparams["direct"], direct_paths))
         return jax.tree_util.tree_unflatten(target.treedef, [out[p] for p in target.paths])
 
     return Modulated(assembled.init, assembled.apply, factors)
 
 
 # ---------------------------------------------------------------- scale modulation
-def scale_modulation(target: TargetSpec, cond_dim: int | None = None, *, mode: str = "rowcol", where: Any = None,
-                     hidden: int | Sequence[int] = (32,), num_conds: int | None = None, init_scale: float = 0.1,
-                     activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
-                     dtype: Any = jnp.float32) -> Modulated:
+def scale_modulation(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int | None = None,
+                     mode: str = "rowcol", where: Any = common.matrices,
+                     hidden: int | Sequence[int] = common.DEFAULT_HIDDEN, init: str = "hyperfan_in",
+                     init_scale: float = 0.1, activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+                     z_dim: int = common.DEFAULT_Z_DIM, dtype: Any = jnp.float32) -> Modulated:
     """W(c) = W0 * (a(c) b(c)^T) per selected matrix: FiLM-like row / column scaling of a shared base.
 
     Args:
       target: the TargetSpec; leaves not selected are ordinary params in hparams["direct"].
-      cond_dim: length of the conditioning vector (of the learned embedding per id with `num_conds`).
+      cond_dim, num_conds, z_dim: as in `dense` (cond_dim=None: static, one learned code f[z_dim]; traced
+        out-of-range ids give NaN weights).
       mode: "rowcol" (W0 * a b^T, a over rows, b over columns), "row" (W0 * a[:, None]) or "col"
         (W0 * b[None, :]). Rows and columns are those of the stored leaf: for Flax / Haiku kernels
         (in, out) "col" scales output units (FiLM's gamma) and "row" input features; for Equinox /
         PyTorch weights (out, in) the other way round.
-      where: glob(s) or predicate choosing the modulated leaves, each 2-D; None: every 2-D leaf.
+      where: glob(s) or predicate choosing the modulated leaves, each 2-D; default `matrices` (every 2-D
+        leaf); None: every leaf (each must be 2-D).
       hidden: hidden widths of the MLP cond -> all scale vectors (() for a linear map).
+      init: "hyperfan_in" / "hyperfan_out": W0 ~ N(0, 1/fan_in) (1/fan_out) of its layer.
       init_scale: std of each scale around 1 at init (for unit-second-moment conditioning).
       activation, dtype: of the MLP; generated leaves are cast to the target's dtypes.
 
-    hparams: {"base": {path parts: W0}, "mlp": [...], "direct": ..., ["cond_emb"]}; W0 starts as the
-    target's own init. Trainable: sum of W0 sizes + MLP (cond_dim, *hidden, K) with K = sum over leaves of
+    hparams: {"base": {path parts: W0}, "hyper": {"mlp": [...]}, "embedding": ..., "direct": ...}. Trainable: sum of W0 sizes + MLP (cond_dim, *hidden, K) with K = sum over leaves of
     rows + cols ("rowcol"), rows ("row") or cols ("col").
-    apply(hparams, cond) -> params; factors(hparams, conds) -> ScaleFactors tree (see `Modulated`).
-    Raises ValueError for an unknown mode, cond_dim <= 0, or a selected leaf that is not 2-D.
+    apply(hparams, cond=None) -> params; factors(hparams, conds) -> ScaleFactors tree (see `Modulated`).
+    Raises: TypeError for a target that is not a TargetSpec; ValueError for an unknown mode or init,
+    non-positive sizes, or a selected leaf that is not 2-D.
     """
     who = "generators.scale_modulation"
     mode = checks.one_of(mode, SCALE_MODES, "mode", who)
@@ -261,5 +265,5 @@ def scale_modulation(target: TargetSpec, cond_dim: int | None = None, *, mode: s
         return ScaleFactors(w0, a, b)
 
     kind = Kind("scale", (), n_mod, lambda l: (1.0, init_scale), lambda key, l: {}, materialise, factors)
-    return build(target, cond_dim, kind=kind, where=where, hidden=hidden, num_conds=num_conds,
-                 activation=activation, dtype=dtype, who=who)
+    return build(target, kind=kind, cond_dim=cond_dim, num_conds=num_conds, where=where, hidden=hidden,
+                 init=init, activation=activation, z_dim=z_dim, dtype=dtype, who=who)

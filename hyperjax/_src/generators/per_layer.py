@@ -29,10 +29,10 @@ from hyperjax._src import checks
 from hyperjax._src import paths as _paths
 from hyperjax._src.generators import common
 from hyperjax._src.spec import spec_from_params, TargetSpec
-from hyperjax._src.types import Array, HParams, HyperNetwork
+from hyperjax._src.types import Array, HyperNetwork, PRNGKey
 
 WHO = "generators.per_layer"
-MODES = ("auto", "conv", "dense")
+KERNELS = ("auto", "conv", "dense")
 
 
 class _Leaf:
@@ -98,9 +98,66 @@ def _unstacked_moments(target: TargetSpec, paths: tuple[str, ...], stack_axes: i
     return common.leaf_moments(layer, paths, init, WHO)
 
 
-def per_layer(target: TargetSpec, cond_dim: int | None = None, *, where: Any = None, z_dim: int = 4, d: int = 4,
-              block: tuple[int, int] | None = None, stack_axes: int = 0, mode: str = "auto",
-              num_conds: int | None = None, init: str = "hyperfan_in",
+def _group_init(key: PRNGKey, members: list[_Leaf], z_dim: int, c_dim: int, d: int, dtype: Any
+                ) -> tuple[dict[str, Array], Array]:
+    """One block shape's generator (w_in, b_in, w_out, b_out) and its blocks' embeddings f[n_blocks, z_dim]."""
+    first = members[0]
+    in_b, k_out = first.in_b, math.prod(first.spatial) * first.out_b
+    n = sum(m.n_blocks for m in members)
+    k_emb, k_in, k_out_ = jax.random.split(key, 3)
+    gen = {"w_in": jax.random.normal(k_in, (in_b, z_dim + c_dim, d), dtype)
+           * jnp.asarray(1.0 / math.sqrt(z_dim + c_dim), dtype),
+           "b_in": jnp.zeros((in_b, d), dtype),
+           "w_out": jax.random.normal(k_out_, (d, k_out), dtype) * jnp.asarray(1.0 / math.sqrt(d), dtype),
+           "b_out": jnp.zeros((k_out,), dtype)}
+    return gen, jax.random.normal(k_emb, (n, z_dim), dtype)
+
+
+def _group_apply(g: dict[str, Array], z: Array, c: Array | None, members: list[_Leaf], z_dim: int,
+                 activation: Callable[[Array], Array] | None, affine: dict[str, tuple[float, float]],
+                 target: TargetSpec, dtype: Any) -> dict[str, Array]:
+    """Every block of one shape in one batched contraction: z f[n, z_dim] (+ c) -> {path: leaf}."""
+    a = jnp.einsum("nz,izd->nid", z, g["w_in"][:, :z_dim])               # stage 1: f[n, in_b, d]
+    if c is not None:                                                    # [z_j, c] without an n x c concat
+        a = a + jnp.einsum("c,icd->id", c.astype(dtype), g["w_in"][:, z_dim:])[None]
+    a = a + g["b_in"][None]
+    if activation is not None:
+        a = activation(a)
+    k = jnp.einsum("nid,dk->nik", a, g["w_out"]) + g["b_out"][None, None]  # stage 2: f[n, in_b, ff*out_b]
+    out, start = {}, 0
+    for m in members:
+        leaf = m.assemble(k[start:start + m.n_blocks])
+        start += m.n_blocks
+        mu, sd = affine[m.path]
+        leaf = leaf * jnp.asarray(sd, leaf.dtype)
+        if mu:
+            leaf = leaf + jnp.asarray(mu, leaf.dtype)
+        out[m.path] = leaf.astype(target.leaves[m.path].dtype)
+    return out
+
+
+def _checked_options(z_dim: Any, d: Any, kernels: Any, stack_axes: Any, block: Any
+                     ) -> tuple[int, int, str, int, tuple[int, int] | None]:
+    z_dim = checks.positive_int(z_dim, "z_dim", WHO)
+    d = checks.positive_int(d, "d", WHO)
+    kernels = checks.one_of(kernels, KERNELS, "kernels", WHO)
+    if isinstance(stack_axes, bool) or not isinstance(stack_axes, (int, np.integer)):
+        raise TypeError(f"hyperjax.{WHO}: `stack_axes` must be an int >= 0 (leading axes that index stacked "
+                        f"layers), got {type(stack_axes).__name__}.")
+    if stack_axes < 0:
+        raise ValueError(f"hyperjax.{WHO}: `stack_axes` must be an int >= 0 (leading axes that index stacked "
+                         f"layers), got {stack_axes!r}.")
+    if block is not None:
+        block = checks.positive_ints(block, "block", WHO)
+        if len(block) != 2:
+            raise ValueError(f"hyperjax.{WHO}: `block` must be a pair (in_block, out_block) of positive ints, "
+                             f"or None for one embedding per layer; got {block!r}.")
+    return z_dim, d, kernels, int(stack_axes), block
+
+
+def per_layer(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int | None = None, where: Any = None,
+              z_dim: int = 4, d: int = 4, block: tuple[int, int] | None = None, stack_axes: int = 0,
+              kernels: str = "auto", init: str = "hyperfan_in",
               activation: Callable[[Array], Array] | None = None, dtype: Any = jnp.float32) -> HyperNetwork:
     """Ha et al.'s static hypernetwork: kernel (block) j = G(z_j) from a learned layer embedding z_j: f[z_dim].
 
@@ -108,22 +165,23 @@ def per_layer(target: TargetSpec, cond_dim: int | None = None, *, where: Any = N
       target: the TargetSpec; leaves not matched by `where` are ordinary params in hparams["direct"].
       cond_dim: None (default): static, as in the paper; apply(hparams) or apply(hparams, None). With an int,
         every block is generated from [z_j, c] for a conditioning vector c: f[cond_dim] (or an integer id with
-        `num_conds`), so `jax.vmap(apply, in_axes=(None, 0))` gives per-example kernels.
+        `num_conds`; traced out-of-range ids give NaN weights), so `jax.vmap(apply, in_axes=(None, 0))`
+        gives per-example kernels.
+      num_conds: with cond_dim, `cond` is an integer id in [0, num_conds) (hparams["embedding"]["cond_emb"]).
       where: glob(s) or `(path, leaf) -> bool` choosing the generated leaves, e.g. "Conv_1/kernel"; None: all.
         Kernels are read as (*spatial, N_in, N_out) for in_out targets (Flax HWIO, Haiku) and
         (N_out, N_in, *spatial) for out_in targets (Equinox, PyTorch); a 1-D leaf (a bias) is one input
         slice (N_in = 1) of N_out values.
-      z_dim: N_z, the size of each layer (block) embedding, hparams[...]["layer_emb"] ~ N(0, 1).
-      d: width of the per-slice code a_i (stage 1 output, stage 2 input).
+      z_dim: N_z (the paper's name), the size of each layer (block) embedding, ~ N(0, 1).
+      d: the paper's d, width of the per-slice code a_i (stage 1 output, stage 2 input).
       block: None: one embedding per layer. (in_block, out_block): tile every selected kernel into blocks of
         in_block x out_block channels (full spatial size), each with its own embedding; N_in and N_out of
         every selected leaf must be multiples (biases use (1, out_block)).
       stack_axes: number of leading axes of each selected leaf that index stacked layers (1 for params made
         by flax.linen.scan / nn.vmap or vmapped Equinox layers, shape (L, ...)): each index is one layer
         with its own embedding. Fans for the init ignore these axes.
-      mode: "auto" (any kernel of rank >= 2, and 1-D biases), "conv" (4-D kernels only) or "dense" (2-D
+      kernels: "auto" (any kernel of rank >= 2, and 1-D biases), "conv" (4-D kernels only) or "dense" (2-D
         only): a guard that raises naming the first leaf of another rank.
-      num_conds: with cond_dim, `cond` is an integer id in [0, num_conds) looked up in hparams["cond_emb"].
       init: "hyperfan_in" / "hyperfan_out": at init each generated leaf has mean 0 (1 for norm scales) and
         the variance a fan-in (fan-out) init gives it. Stage 1 is N(0, 1/(z_dim + cond_dim)), stage 2
         N(0, 1/d), biases 0, so the raw output has unit variance; each leaf then gets a fixed (static) affine
@@ -133,36 +191,22 @@ def per_layer(target: TargetSpec, cond_dim: int | None = None, *, where: Any = N
       dtype: of the generator and embeddings; generated leaves are cast to the target's dtypes.
 
     Groups: selected leaves whose blocks have the same shape (spatial, in_block, out_block) share one
-    generator; blocks of other shapes get their own. hparams = {"per_layer": {"<block shape, e.g. 7x7x16x16>":
-    {"layer_emb": f[n_blocks, z_dim], "w_in": f[in_b, z_dim + cond_dim, d], "b_in": f[in_b, d],
-    "w_out": f[d, prod(spatial) * out_b], "b_out": f[prod(spatial) * out_b]}}, "direct": ...,
-    ["cond_emb"]}; `hj.training.labels` marks the layer embeddings "embedding".
+    generator; blocks of other shapes get their own. hparams = {"hyper": {"per_layer": {"<block shape, e.g.
+    7x7x16x16>": {"w_in": f[in_b, z_dim + cond_dim, d], "b_in": f[in_b, d], "w_out": f[d, prod(spatial) *
+    out_b], "b_out": f[prod(spatial) * out_b]}}}, "embedding": {"layer_emb": {"<block shape>": f[n_blocks,
+    z_dim]}, ["cond_emb"]}, "direct": ...}.
     Parameter count per group (weights and biases): in_b (d (z_dim + cond_dim) + d) + prod(spatial) out_b
     (d + 1), plus n_blocks * z_dim embeddings.
     apply(hparams, cond=None) -> params shaped like `target`.
-    Raises ValueError for z_dim <= 0, d <= 0, a bad `block`, `stack_axes` or `mode`, or a selected leaf of a
-    rank `mode` excludes, or whose channels `block` does not divide (naming the leaf).
+    Raises: TypeError for a non-TargetSpec target or a non-int stack_axes; ValueError for z_dim <= 0, d <= 0,
+    a bad `block`, `stack_axes` or `kernels`, or a selected leaf of a rank `kernels` excludes, or whose
+    channels `block` does not divide (naming the leaf).
     """
     paths = common.generated_paths(target, where, WHO)
-    z_dim = checks.positive_int(z_dim, "z_dim", WHO)
-    d = checks.positive_int(d, "d", WHO)
-    mode = checks.one_of(mode, MODES, "mode", WHO)
-    if isinstance(stack_axes, bool) or not isinstance(stack_axes, (int, np.integer)) or stack_axes < 0:
-        raise ValueError(f"hyperjax.{WHO}: `stack_axes` must be an int >= 0 (leading axes that index stacked "
-                         f"layers), got {stack_axes!r}.")
-    stack_axes = int(stack_axes)
-    if block is not None:
-        block = checks.positive_ints(block, "block", WHO)
-        if len(block) != 2:
-            raise ValueError(f"hyperjax.{WHO}: `block` must be a pair (in_block, out_block) of positive ints, "
-                             f"or None for one embedding per layer; got {block!r}.")
-    if cond_dim is None and num_conds is not None:
-        raise ValueError(f"hyperjax.{WHO}: `num_conds` needs `cond_dim` (the size of the learned embedding "
-                         f"per id).")
-    inner = None if cond_dim is None else common.conditioning(cond_dim, num_conds, WHO)
-    c_dim = 0 if inner is None else inner.cond_dim
+    z_dim, d, kernels, stack_axes, block = _checked_options(z_dim, d, kernels, stack_axes, block)
+    cond = common.conditioning(cond_dim, num_conds, WHO, static=common.NoCond())
 
-    views = [_view(target, p, stack_axes, mode, block) for p in paths]
+    views = [_view(target, p, stack_axes, kernels, block) for p in paths]
     if stack_axes:
         checks.same_stack({v.path: v.stack for v in views}, stack_axes, WHO)
     mean, std = _unstacked_moments(target, paths, stack_axes, init)
@@ -171,69 +215,21 @@ def per_layer(target: TargetSpec, cond_dim: int | None = None, *, where: Any = N
     for v in views:
         groups.setdefault("x".join(str(n) for n in v.group), []).append(v)
 
-    def group_init(key, members: list[_Leaf]) -> dict[str, Array]:
-        first = members[0]
-        in_b, k_out = first.in_b, math.prod(first.spatial) * first.out_b
-        n = sum(m.n_blocks for m in members)
-        k_emb, k_in, k_out_ = jax.random.split(key, 3)
-        return {"layer_emb": jax.random.normal(k_emb, (n, z_dim), dtype),
-                "w_in": jax.random.normal(k_in, (in_b, z_dim + c_dim, d), dtype)
-                * jnp.asarray(1.0 / math.sqrt(z_dim + c_dim), dtype),
-                "b_in": jnp.zeros((in_b, d), dtype),
-                "w_out": jax.random.normal(k_out_, (d, k_out), dtype) * jnp.asarray(1.0 / math.sqrt(d), dtype),
-                "b_out": jnp.zeros((k_out,), dtype)}
-
     def core_init(key):
         keys = jax.random.split(key, len(groups))
-        return {"per_layer": {name: group_init(k, members) for k, (name, members) in zip(keys, groups.items())}}
-
-    def group_apply(g: dict[str, Array], c: Array | None, members: list[_Leaf]) -> dict[str, Array]:
-        z = g["layer_emb"]                                                   # f[n, z_dim]
-        a = jnp.einsum("nz,izd->nid", z, g["w_in"][:, :z_dim])               # stage 1: f[n, in_b, d]
-        if c is not None:                                                    # [z_j, c] without an n x c concat
-            a = a + jnp.einsum("c,icd->id", c.astype(dtype), g["w_in"][:, z_dim:])[None]
-        a = a + g["b_in"][None]
-        if activation is not None:
-            a = activation(a)
-        k = jnp.einsum("nid,dk->nik", a, g["w_out"]) + g["b_out"][None, None]  # stage 2: f[n, in_b, ff*out_b]
-        out, start = {}, 0
-        for m in members:
-            leaf = m.assemble(k[start:start + m.n_blocks])
-            start += m.n_blocks
-            mu, sd = affine[m.path]
-            leaf = leaf * jnp.asarray(sd, leaf.dtype)
-            if mu:
-                leaf = leaf + jnp.asarray(mu, leaf.dtype)
-            out[m.path] = leaf.astype(target.leaves[m.path].dtype)
-        return out
+        made = {name: _group_init(k, members, z_dim, cond.dim, d, dtype)
+                for k, (name, members) in zip(keys, groups.items())}
+        return {"hyper": {"per_layer": {n: g for n, (g, _) in made.items()}},
+                "embedding": {"layer_emb": {n: z for n, (_, z) in made.items()}}}
 
     def core_apply(hparams, c):
-        tables = checks.hparams_entry(hparams, "per_layer", WHO, "hyperjax.generators.per_layer")
+        gens, embs = hparams["hyper"]["per_layer"], hparams["embedding"]["layer_emb"]
         out = {}
         for name, members in groups.items():
-            if name not in tables:
-                raise ValueError(f"hyperjax.{WHO}: hparams['per_layer'] has no group {name!r} (blocks of shape "
-                                 f"{name}); pass the hparams made by this generator's init(key).")
-            out.update(group_apply(tables[name], c, members))
+            out.update(_group_apply(gens[name], embs[name], c, members, z_dim, activation, affine, target, dtype))
         return out
 
-    class _Cond:
-        def init(self, key, dtype_):
-            return {} if inner is None else inner.init(key, dtype_)
-
-        def vector(self, hparams, c, who):
-            if inner is None:
-                checks.no_cond(c, who)
-                return None
-            return inner.vector(hparams, c, who)
-
-    assembled = common.assemble(target, paths, common.Core(core_init, core_apply), _Cond(), dtype, WHO)
-
-    def apply(hparams: HParams, cond: Array | None = None) -> Any:
-        """cond: None (static) or f[cond_dim] / an int id (with cond_dim) -> params shaped like `target`."""
-        return assembled.apply(hparams, cond)
-
-    return HyperNetwork(assembled.init, apply)
+    return common.assemble(target, paths, common.Core(core_init, core_apply), cond, dtype, WHO)
 
 
 def per_layer_param_count(kernel_shape: tuple[int, ...], *, z_dim: int = 4, d: int = 4, cond_dim: int = 0,
