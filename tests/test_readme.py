@@ -42,4 +42,5 @@ def test_readme_other_examples_run(tmp_path, capsys):
         runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert "(32, 10)" in out                                         # per-sample logits
+    assert "(5, 3) ['embedding', 'hyper'] True" in out                # a from_module generator, checked
     assert "('same/bias', 'same/kernel') 80 of 160" in out           # one shared kernel after restore
