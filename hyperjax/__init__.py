@@ -5,6 +5,7 @@ A target network is a `TargetSpec` (hyperjax.targets); a hypernetwork is `HyperN
 """
 
 from hyperjax import checkpoint, generators, sharding, targets, testing, training, tying
+from hyperjax._src.checked import checked
 from hyperjax._src.paths import select
 from hyperjax._src.per_sample import generate_batch, per_sample
 from hyperjax._src.spec import TargetSpec
@@ -13,5 +14,5 @@ from hyperjax._src.types import HyperNetwork
 
 __version__ = "0.1.0"
 
-__all__ = ["HyperNetwork", "TargetSpec", "Tie", "Tied", "checkpoint", "generate_batch", "generators", "per_sample",
+__all__ = ["HyperNetwork", "TargetSpec", "Tie", "Tied", "checked", "checkpoint", "generate_batch", "generators", "per_sample",
            "select", "sharding", "targets", "testing", "tie", "training", "tying", "__version__"]

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from hyperjax._src import checks
 from hyperjax._src import paths as _paths
@@ -154,8 +155,9 @@ class VectorCond(NamedTuple):
 class IdCond(NamedTuple):
     """cond is an integer id in [0, num_conds) that selects a learned embedding f[cond_dim].
 
-    Out-of-range traced ids (which cannot be checked at trace time) give NaN rows, never a silently
-    clamped or wrapped embedding; eager ids are checked.
+    Eager ids are checked here. Traced ids (under jit or vmap) cannot be checked at trace time: out of range
+    they give NaN rows, never a silently clamped or wrapped embedding, and under `hyperjax.checked` (or
+    `make_step(..., checks=True)`) a `checkify` check raises naming the id.
     """
 
     dim: int
@@ -169,6 +171,8 @@ class IdCond(NamedTuple):
             raise ValueError(f"hyperjax.{who}: this generator was built with num_conds={self.num_conds}: call "
                              f"apply(hparams, cond) with an integer id in [0, {self.num_conds}).")
         checks.cond_index(cond, self.num_conds, who)
+        checkify.debug_check((cond >= 0) & (cond < self.num_conds),
+                             f"hyperjax.{who}: conditioning id {{id}} out of range [0, {self.num_conds})", id=cond)
         idx = jnp.where(cond >= 0, cond, self.num_conds)
         return jnp.take(hparams["embedding"]["cond_emb"], idx, axis=0, mode="fill", fill_value=jnp.nan)
 
