@@ -36,7 +36,7 @@ import hyperjax as hj
 from experiments import _common, _data
 
 NAME = "learned_sharing"
-RULES = (("codebook/logits/*", "logits"), ("codebook/values", "values"), ("direct/*", "direct"), ("*", "direct"))
+RULES = (("hyper/logits/*", "logits"), ("hyper/values", "values"), ("direct/*", "direct"), ("*", "direct"))
 
 
 def build_parser():

@@ -206,7 +206,7 @@ def template_hypernet(spec: hj.TargetSpec, s: int, channels: int, width: int) ->
     def apply(hparams, template):
         kmap, bias = leg.apply({"params": hparams}, template)
         params = {"kernel": (kmap * scale)[..., None], "bias": bias}
-        spec.check(params, who="template_hypernet")
+        spec.check(params)
         return params
 
     return hj.HyperNetwork(init, apply)

@@ -251,7 +251,8 @@ class TargetSpec:
 
     # ---------------------------------------------------------------- initialisation statistics
     def fans(self, path: str) -> tuple[int, int]:
-        """(fan_in, fan_out) of a leaf; a bias takes the fans of the kernel beside it.
+        """(fan_in, fan_out) of a leaf; a bias takes the fans of the kernel beside it. Each fan is at least 1,
+        so zero-size leaves (legal pytree leaves with nothing to initialise) get finite init statistics.
 
         Raises:
           KeyError: `path` is not a leaf of the spec.
@@ -260,14 +261,14 @@ class TargetSpec:
         if len(shape) >= 2:
             if self.layout == "in_out":
                 rf = math.prod(shape[:-2])
-                return shape[-2] * rf, shape[-1] * rf
+                return max(shape[-2] * rf, 1), max(shape[-1] * rf, 1)
             rf = math.prod(shape[2:])
-            return shape[1] * rf, shape[0] * rf
+            return max(shape[1] * rf, 1), max(shape[0] * rf, 1)
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         for other, leaf in self.leaves.items():
             if other != path and len(leaf.shape) >= 2 and (other.rsplit("/", 1)[0] if "/" in other else "") == parent:
                 return self.fans(other)
-        n = shape[0] if shape else 1
+        n = max(shape[0], 1) if shape else 1
         return n, n
 
     def init_moments(self, path: str, mode: str = "fan_in") -> tuple[float, float]:

@@ -192,3 +192,29 @@ def test_modulated_is_a_plain_namedtuple(key):
     names = jax.tree.map(lambda f: f.__name__, gen)           # a pytree of three functions
     assert names == type(gen)("init", "apply", "factors")
     assert isinstance(gen.hypernetwork, hj.HyperNetwork)
+
+
+# ------------------------------------------------------------------------------------------------ zero-size leaves
+ZERO = hj.targets.from_fn(lambda p, x: x @ p["w"] + p["b"][None],
+                          {"w": jax.ShapeDtypeStruct((4, 3), jnp.float32), "b": jax.ShapeDtypeStruct((3,), jnp.float32),
+                           "empty": {"kernel": jax.ShapeDtypeStruct((0, 3), jnp.float32),
+                                     "bias": jax.ShapeDtypeStruct((0,), jnp.float32)}})
+
+
+@pytest.mark.parametrize("name", G.FACTORIES)
+def test_zero_size_leaves_are_legal_and_come_out_as_zeros(name, key):
+    """A target with zero-size leaves: spec.init works, every generator emits them (empty) and generates the rest."""
+    assert jax.tree.map(jnp.shape, ZERO.init(key))["empty"] == {"bias": (0,), "kernel": (0, 3)}
+    needs = {**NEEDS[name], **({"where": "w"} if name == "rowwise" else {})}
+    gen = getattr(G, name)(ZERO, **needs)
+    hp = jax.jit(gen.init)(key)
+    params = jax.jit(gen.apply)(hp)
+    assert params["empty"]["kernel"].shape == (0, 3) and params["w"].shape == (4, 3)
+    assert np.isfinite(np.asarray(params["w"])).all()
+    assert not any("empty" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(hp)[0])
+
+
+def test_selecting_only_zero_size_leaves_raises():
+    with pytest.raises(ValueError, match=r"every leaf `where` selects has size 0, so there is nothing to generate: "
+                                         r"'empty/bias' \(0,\), 'empty/kernel' \(0, 3\)"):
+        G.dense(ZERO, where="empty/*")

@@ -218,12 +218,27 @@ def conditioning(cond_dim: Any, num_conds: Any, who: str, *, static: Conditionin
 
 
 # ---------------------------------------------------------------- assembling
+def empty_paths(target: TargetSpec) -> tuple[str, ...]:
+    """Zero-size leaves (a dimension of 0): legal pytree leaves with nothing to generate or train."""
+    return tuple(p for p, l in target.leaves.items() if math.prod(l.shape) == 0)
+
+
 def generated_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
-    """Paths of the leaves `where` selects (None: all); raises TypeError for a non-TargetSpec target."""
+    """Paths of the non-empty leaves `where` selects (None: all). Zero-size leaves are never generated:
+    `assemble` emits them as zeros.
+
+    Raises: TypeError for a non-TargetSpec target; ValueError when nothing (or only zero-size leaves) matches.
+    """
     if not isinstance(target, TargetSpec):
         raise TypeError(f"hyperjax.{who}: `target` must be a TargetSpec (from hyperjax.targets.from_linen, "
                         f"from_nnx, from_equinox, from_haiku or from_fn), got {type(target).__name__}.")
-    return target.paths if where is None else select_paths(target, where, who)
+    chosen = target.paths if where is None else select_paths(target, where, who)
+    empty = set(empty_paths(target))
+    kept = tuple(p for p in chosen if p not in empty)
+    if not kept:
+        raise ValueError(f"hyperjax.{who}: every leaf `where` selects has size 0, so there is nothing to "
+                         f"generate: " + ", ".join(f"'{p}' {tuple(target.leaves[p].shape)}" for p in chosen) + ".")
+    return kept
 
 
 def _merge_roles(*parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -263,7 +278,9 @@ def assemble(target: TargetSpec, paths: Sequence[str], core: Core, cond: Conditi
     apply(hparams, cond=None, **call): checks hparams against the generator's own abstract init (tree,
     shapes, dtypes; at trace time), turns cond into the core's input, and joins generated and direct leaves.
     """
-    direct = tuple(p for p in target.paths if p not in set(paths))
+    empty = empty_paths(target)
+    direct = tuple(p for p in target.paths if p not in set(paths) and p not in set(empty))
+    zeros = {p: jax.ShapeDtypeStruct(target.leaves[p].shape, target.leaves[p].dtype) for p in empty}
 
     def init(key: PRNGKey) -> HParams:
         k_core, k_cond, k_direct = jax.random.split(key, 3)
@@ -282,6 +299,7 @@ def assemble(target: TargetSpec, paths: Sequence[str], core: Core, cond: Conditi
         if direct:
             own = _paths.unnest(hparams["direct"], direct)
             leaves = {**leaves, **own}
+        leaves.update({p: jnp.zeros(z.shape, z.dtype) for p, z in zeros.items()})
         return target.from_leaves(leaves)
 
     return HyperNetwork(init, apply)

@@ -192,7 +192,8 @@ def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, wher
 
     assembled = common.assemble(target, paths, common.Core(core_init, core_apply), cond, dtype, who)
     check_hparams = common.hparams_checker(assembled.init, who)
-    direct_paths = tuple(p for p in target.paths if p not in set(paths))
+    empty = common.empty_paths(target)
+    direct_paths = tuple(p for p in target.paths if p not in set(paths) and p not in set(empty))
     single_ndim = 1 if isinstance(cond, common.VectorCond) else 0
 
     def factors(hparams: HParams, c: Array | None = None) -> Any:
@@ -206,6 +207,7 @@ def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, wher
         out = {l.path: kind.factors(base[l.path], extra[l.path], m, l) for l, m in zip(leaves, mods)}
         if direct_paths:
             out.update(_paths.unnest(hparams["direct"], direct_paths))
+        out.update({p: jnp.zeros(target.leaves[p].shape, target.leaves[p].dtype) for p in empty})
         return jax.tree_util.tree_unflatten(target.treedef, [out[p] for p in target.paths])
 
     return Modulated(assembled.init, assembled.apply, factors)

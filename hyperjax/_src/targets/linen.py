@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from hyperjax._src import checks
 from hyperjax._src.spec import TargetSpec, spec_from_params
@@ -40,8 +41,12 @@ def from_linen(module: Any, *example_args: Any, with_state: bool = False, **exam
             state_cols, "from_linen",
             "Pass with_state=True to thread it explicitly: spec.apply(params, state, x) -> (y, new_state).")
 
+    concrete = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x,
+                            (example_args, example_kwargs))     # ShapeDtypeStruct examples: zeros for init
+
     def init_fn(key):
-        return module.init(key, *example_args, **example_kwargs)["params"]
+        args, kwargs = concrete
+        return module.init(key, *args, **kwargs)["params"]
 
     if not state_cols:
         def apply_fn(params, *args, **kwargs):
@@ -52,7 +57,8 @@ def from_linen(module: Any, *example_args: Any, with_state: bool = False, **exam
         return module.apply({"params": params, **state}, *args, mutable=state_cols, **kwargs)
 
     def init_state(key):
-        v = module.init(key, *example_args, **example_kwargs)
+        args, kwargs = concrete
+        v = module.init(key, *args, **kwargs)
         return {c: v[c] for c in state_cols}
 
     return spec_from_params(apply_with_state, variables["params"], init_fn=init_fn, layout="in_out",
