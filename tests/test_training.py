@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import hyperjax as hj
-from hyperjax._src.paths import leaves_with_paths
+from hyperjax.testing import leaves_with_paths
 
 X = jnp.asarray(np.sin(np.arange(40) * 0.7).reshape(8, 5), jnp.float32)
 Y = jnp.array([0, 1, 2, 0, 1, 2, 2, 1], jnp.int32)
@@ -318,3 +318,126 @@ def test_count_params(joint, tiny_mlp_spec):
     assert hj.training.count_params(jax.eval_shape(lambda: hparams)) == want
     assert hj.training.count_params(tiny_mlp_spec.abstract_params) == tiny_mlp_spec.size == 5 * 7 + 7 + 7 * 3 + 3
     assert hj.training.count_params({}) == 0
+
+
+# ------------------------------------------------------------------------------------------------ k steps per call
+def _stack(batches):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+
+
+def test_steps_per_call_is_bitwise_equal_to_single_steps(joint):
+    _, hparams, loss_fn = joint
+    opt = optax.adam(0.05)
+    batches = [(jnp.roll(X, i, axis=0), jnp.roll(Y, i), TASK) for i in range(4)]
+    single = hj.training.make_step(loss_fn, opt, donate=False)
+    state = hj.training.init_state(hparams, opt)
+    losses = []
+    for b in batches:
+        state, m = single(state, b)
+        losses.append(m["loss"])
+    many = hj.training.make_step(loss_fn, opt, steps_per_call=4)
+    k_state, k_metrics = many(hj.training.init_state(hparams, opt), _stack(batches))
+    assert int(k_state.step) == 4 and k_metrics["loss"].shape == (4,)
+    chex.assert_trees_all_equal(k_state.params, state.params)        # bitwise
+    chex.assert_trees_all_equal(k_state.opt_state, state.opt_state)
+    np.testing.assert_array_equal(k_metrics["loss"], jnp.stack(losses))
+
+
+def test_steps_per_call_checks_the_stacked_batch(joint):
+    _, hparams, loss_fn = joint
+    opt = optax.sgd(0.1)
+    step = hj.training.make_step(loss_fn, opt, steps_per_call=3)
+    with pytest.raises(ValueError, match=r"with steps_per_call=3 every batch leaf needs a leading axis of 3 .* got "
+                                         r"leading sizes \[2\]"):
+        step(hj.training.init_state(hparams, opt), _stack([BATCH, BATCH]))
+    with pytest.raises(ValueError, match=r"`steps_per_call` must be an int >= 1, got 0"):
+        hj.training.make_step(loss_fn, opt, steps_per_call=0)
+    with pytest.raises(TypeError, match=r"`steps_per_call` must be an int >= 1, got float"):
+        hj.training.make_step(loss_fn, opt, steps_per_call=2.0)
+
+
+# ------------------------------------------------------------------------------------------------ non-finite guard
+def _fragile_loss(p, batch, rng):
+    """Finite loss; d/db of sqrt(b * flag) is NaN when flag == 0 (0 * inf), and `poison` makes the loss NaN."""
+    flag, poison = batch
+    return jnp.sum(jnp.square(p["a"] - 1.0)) + jnp.sum(jnp.sqrt(p["b"] * flag)) + poison
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_skip_nonfinite_keeps_the_state_and_names_the_leaf(jit):
+    params = {"a": jnp.zeros(3, jnp.float32), "b": jnp.full((2,), 4.0, jnp.float32)}
+    opt = optax.adam(0.1)
+    step = hj.training.make_step(_fragile_loss, opt, skip_nonfinite=True, jit=jit, donate=False)
+    state = hj.training.init_state(params, opt, skip_nonfinite=True)
+    good, nan_grad, nan_loss = (jnp.float32(1), jnp.float32(0)), (jnp.float32(0), jnp.float32(0)), \
+        (jnp.float32(1), jnp.float32(jnp.nan))
+    s1, m1 = step(state, good)
+    assert not bool(m1["skipped"]) and int(m1["nonfinite_index"]) == -1
+    assert hj.training.first_nonfinite(s1.params, m1) is None
+    for bad, name in ((nan_grad, "b"), (nan_loss, "loss")):
+        s2, m2 = step(s1, bad)
+        assert bool(m2["skipped"]) and hj.training.first_nonfinite(s2.params, m2) == name
+        chex.assert_trees_all_equal(s2.params, s1.params)          # exactly unchanged
+        chex.assert_trees_all_equal(s2.opt_state, s1.opt_state)
+        assert int(s2.skipped) == int(s1.skipped) + 1 and int(s2.step) == int(s1.step) + 1
+        s1 = s2
+    s3, m3 = step(s1, good)                                      # the run continues and recovers
+    assert not bool(m3["skipped"]) and int(s3.skipped) == 2
+    assert np.all(np.isfinite(np.asarray(s3.params["a"]))) and not np.array_equal(s3.params["a"], s1.params["a"])
+
+
+def test_skip_nonfinite_needs_a_counter():
+    opt = optax.sgd(0.1)
+    step = hj.training.make_step(_fragile_loss, opt, skip_nonfinite=True)
+    with pytest.raises(ValueError, match=r"counts skipped updates in state.skipped: make the state with "
+                                         r"init_state\(\.\.\., skip_nonfinite=True\)"):
+        step(hj.training.init_state({"a": jnp.zeros(3), "b": jnp.ones(2)}, opt), (jnp.float32(1), jnp.float32(0)))
+
+
+# ------------------------------------------------------------------------------------------------ model state
+def test_model_state_is_threaded_and_checked(tmp_path, key):
+    import flax.linen as nn
+
+    class BNNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = True):
+            return nn.Dense(2)(nn.BatchNorm(use_running_average=not train, momentum=0.5)(nn.Dense(4)(x)))
+
+    spec = hj.targets.from_linen(BNNet(), X, with_state=True)
+    hnet = hj.generators.dense(spec, cond_dim=2, hidden=4, where="*/kernel")
+
+    def loss_fn(hp, model_state, batch, rng):
+        y, new_state = spec.apply(hnet.apply(hp, jnp.ones(2)), model_state, batch)
+        return jnp.mean(jnp.square(y)), new_state
+    opt = optax.adam(1e-2)
+    state = hj.training.init_state(hnet.init(key), opt, model_state=spec.init_state(key))
+    step = hj.training.make_step(loss_fn, opt, with_model_state=True)
+    before = np.asarray(state.model_state["batch_stats"]["BatchNorm_0"]["mean"])
+    state, m = step(state, X)
+    after = np.asarray(state.model_state["batch_stats"]["BatchNorm_0"]["mean"])
+    assert not np.allclose(before, after) and np.isfinite(float(m["loss"]))
+    with hj.checkpoint.manager(str(tmp_path)) as mgr:                      # saved and restored with the state
+        hj.checkpoint.save(mgr, 1, state)
+        restored, _ = hj.checkpoint.restore(mgr, jax.eval_shape(lambda: state))
+    chex.assert_trees_all_equal(restored.model_state, state.model_state)
+
+    def bad(hp, model_state, batch, rng):
+        return jnp.float32(0), {"batch_stats": {}}
+    with pytest.raises(ValueError, match=r"make_step: new model_state tree does not match the target \(missing: "
+                                         r"batch_stats/BatchNorm_0/mean"):
+        hj.training.make_step(bad, opt, with_model_state=True)(state, X)
+    with pytest.raises(ValueError, match=r"with_model_state=True needs a state with a model_state"):
+        hj.training.make_step(loss_fn, opt, with_model_state=True)(hj.training.init_state(hnet.init(key), opt), X)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def test_checked_step_raises_on_an_out_of_range_id_and_keeps_the_state(joint):
+    _, hparams, loss_fn = joint
+    opt = optax.sgd(0.1)
+    step = hj.training.make_step(loss_fn, opt, checks=True)
+    state = hj.training.init_state(hparams, opt)
+    new, _ = step(state, BATCH)
+    assert int(new.step) == 1
+    with pytest.raises(ValueError, match=r"generators\.chunked: conditioning id 5 out of range \[0, 2\)"):
+        step(state, (X, Y, TASK.at[3].set(5)))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state.params))   # not donated: still valid

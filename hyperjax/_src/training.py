@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hyperjax._src import checks
+from hyperjax._src import checks as _checks
 from hyperjax._src import paths as _paths
+from hyperjax._src.spec import abstract
 from hyperjax._src.types import Array, PRNGKey
 
 # The roles of a generator's hparams, its top-level keys (the generators build that layout):
@@ -28,12 +29,21 @@ Rules = Sequence[tuple[_paths.Where, str]]
 
 
 class TrainState(NamedTuple):
-    """Everything a step changes, as one pytree (checkpointable as is)."""
+    """Everything a step changes, as one pytree (checkpointable as is).
 
-    step: Array        # int32[]
-    params: Any        # hparams ({"hyper", "embedding", "base", "direct"}) or any trainable pytree
+    step: int32[]. params: hparams ({"hyper", "embedding", "base", "direct"}) or any trainable pytree.
+    opt_state: the optimizer's state. rng: base PRNG key (step t draws fold_in(rng, t)) or None.
+    model_state: the target's non-parameter state (BatchNorm statistics from `from_linen(..., with_state=True)`
+      or `from_haiku(..., with_state=True)`, e.g. {"batch_stats": ...}) or None; make_step threads it.
+    skipped: int32[] count of updates skipped by `make_step(..., skip_nonfinite=True)`, or None.
+    """
+
+    step: Array
+    params: Any
     opt_state: Any
-    rng: Array | None  # base PRNG key, step t draws fold_in(rng, t); None: no randomness, loss_fn gets None
+    rng: Array | None = None
+    model_state: Any = None
+    skipped: Array | None = None
 
 
 def _optimizer(optimizer: Any, option: str, who: str) -> optax.GradientTransformation:
@@ -43,13 +53,18 @@ def _optimizer(optimizer: Any, option: str, who: str) -> optax.GradientTransform
     return optimizer
 
 
-def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKey | None = None) -> TrainState:
-    """Step 0 state. Params and key are copied, so a donating step never invalidates the caller's arrays.
+def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKey | None = None, *,
+               model_state: Any = None, skip_nonfinite: bool = False) -> TrainState:
+    """Step 0 state. Params, model state and key are copied, so a donating step never invalidates the
+    caller's arrays.
 
     params: any pytree of arrays (e.g. hparams). key: a PRNG key (typed or uint32[2]) or None.
     key=None keeps no PRNG key in the state (loss_fn then receives rng=None): for deterministic losses it
     saves passing a key through every jitted step (a typed key costs ~5-30 us of dispatch per step on CPU).
-    Returns TrainState(step=int32[] 0, params, optimizer.init(params), key).
+    model_state: the target's non-parameter state (e.g. `spec.init_state(key)`), threaded by
+      `make_step(..., with_model_state=True)`.
+    skip_nonfinite: keep a counter of skipped updates (`state.skipped`) for `make_step(..., skip_nonfinite=True)`.
+    Returns TrainState(step=int32[] 0, params, optimizer.init(params), key, model_state, skipped).
 
     Raises:
       TypeError: `optimizer` is not an Optax transformation, or `key` is not an array or None.
@@ -62,7 +77,9 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKe
     params = jax.tree.map(jnp.copy, params)
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
-    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, None if key is None else jnp.copy(key))
+    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, None if key is None else jnp.copy(key),
+                      None if model_state is None else jax.tree.map(jnp.copy, model_state),
+                      jnp.zeros((), jnp.int32) if skip_nonfinite else None)
 
 
 def _compile_rules(rules: Rules | None, who: str) -> list[tuple[_paths.Selector, str]]:
@@ -172,56 +189,155 @@ def global_norm(tree: Any) -> Array:
     return jnp.sqrt(total)
 
 
+def _checked_loss(loss_fn: Callable[..., Any], has_aux: bool, with_model_state: bool, who: str
+                  ) -> Callable[..., tuple[Array, tuple[Any, Any]]]:
+    """loss_fn -> f(params, batch, rng, model_state) -> (loss, (aux dict, new model state)), checked at trace."""
+    def shape_of_out() -> str:
+        if with_model_state:
+            return "(loss, (new_model_state, aux))" if has_aux else "(loss, new_model_state)"
+        return "(loss, aux)" if has_aux else "loss"
+
+    def f(params: Any, batch: Any, rng: Any, model_state: Any) -> Any:
+        out = loss_fn(params, model_state, batch, rng) if with_model_state else loss_fn(params, batch, rng)
+        pair = isinstance(out, tuple) and len(out) == 2
+        if (has_aux or with_model_state) and not pair:
+            raise ValueError(f"hyperjax.{who}: with {'has_aux' if has_aux else 'with_model_state'}=True, loss_fn "
+                             f"must return {shape_of_out()}, got "
+                             f"{'a tuple of ' + str(len(out)) if isinstance(out, tuple) else 'a single value'}; "
+                             f"return that or pass {'has_aux' if has_aux else 'with_model_state'}=False.")
+        if not (has_aux or with_model_state) and isinstance(out, tuple):
+            raise ValueError(f"hyperjax.{who}: loss_fn returned a tuple; for (loss, aux) pass has_aux=True.")
+        loss, rest = out if pair else (out, None)
+        if jnp.ndim(loss) != 0:
+            raise ValueError(f"hyperjax.{who}: loss_fn must return a scalar loss, got shape "
+                             f"{tuple(jnp.shape(loss))}.")
+        if with_model_state:
+            if has_aux:
+                if not (isinstance(rest, tuple) and len(rest) == 2):
+                    raise ValueError(f"hyperjax.{who}: with has_aux and with_model_state, loss_fn must return "
+                                     f"(loss, (new_model_state, aux)).")
+                new_state, aux = rest
+            else:
+                new_state, aux = rest, {}
+            _checks.tree_matches(new_state, dict(_paths.leaves_with_paths(abstract(model_state))),
+                                jax.tree_util.tree_structure(model_state), who, what="new model_state",
+                                hint=" loss_fn must return the model state in the layout it was given.")
+        else:
+            new_state, aux = model_state, (rest if has_aux else {})
+        return loss, (dict(aux), new_state)
+    return f
+
+
+def _finite(tree: Any) -> Array:
+    """bool[n_leaves]: whether every value of each leaf is finite."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]) if leaves else jnp.ones((0,), bool)
+
+
+def first_nonfinite(params: Any, metrics: Mapping[str, Any]) -> str | None:
+    """The name of what was first non-finite in a step of `make_step(..., skip_nonfinite=True)`: "loss", a
+    gradient leaf's path (e.g. "hyper/mlp/0/w"), or None when the step was finite. Host-side (reads metrics).
+
+    params: the state's params (for the leaf paths); metrics: that step's metrics (per step, not stacked).
+    """
+    index = int(metrics["nonfinite_index"])
+    if index < 0:
+        return None
+    return "loss" if index == 0 else _paths.leaves_with_paths(params)[index - 1][0]
+
+
+def _stacked_length(batch: Any, k: int, who: str) -> None:
+    sizes = {tuple(jnp.shape(x))[:1] for x in jax.tree.leaves(batch)}
+    if sizes != {(k,)}:
+        raise ValueError(f"hyperjax.{who}: with steps_per_call={k} every batch leaf needs a leading axis of {k} "
+                         f"(one batch per step, stacked), got leading sizes "
+                         f"{sorted(s[0] if s else None for s in sizes)}.")
+
+
 def make_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformation, *, has_aux: bool = False,
-              jit: bool = True, donate: bool = True,
-              grad_norm: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+              jit: bool = True, donate: bool = True, grad_norm: bool = True, with_model_state: bool = False,
+              skip_nonfinite: bool = False, checks: bool = False,
+              steps_per_call: int = 1) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Training step `step(state, batch) -> (state, metrics)`.
 
-    loss_fn(params, batch, rng) -> f[] loss (or (loss, aux) with has_aux, aux a dict of scalars).
+    loss_fn(params, batch, rng) -> f[] loss (or (loss, aux) with has_aux, aux a dict of scalars). With
+      `with_model_state`: loss_fn(params, model_state, batch, rng) -> (loss, new_model_state) (with has_aux:
+      (loss, (new_model_state, aux))); the state's `model_state` is threaded through (checked tree).
     metrics: {"loss": f[], "grad_norm": f32[], **aux}. With `jit`, the step is compiled once; with `donate`,
-    the incoming state's buffers are reused for the new one (do not use a state after passing it in).
-    `grad_norm=False` drops that metric: it is one more pass over every gradient, which on CPU costs
-    ~20% of the step of a small model (benchmarks/overhead.py). The step key is
-    `jax.random.fold_in(state.rng, state.step)`, so it is dead code (free) when loss_fn ignores rng.
+      the incoming state's buffers are reused for the new one: do not use a state (nor params generated
+      from it before the step, which may share its buffers) after passing it in.
+    grad_norm=False drops that metric: one more pass over every gradient (~20% of a small CPU step).
+    skip_nonfinite: when the loss or any gradient is NaN/Inf, params, optimizer and model state stay
+      exactly as they were, `state.skipped` goes up by one (start from init_state(..., skip_nonfinite=True)),
+      and metrics gain "skipped" (bool[]) and "nonfinite_index" (int32[]: -1 finite, 0 the loss, i + 1 the
+      i-th gradient leaf; `first_nonfinite(params, metrics)` names it).
+    checks: run hyperjax's run-time checks (`hyperjax.checked`: out-of-range traced ids) and raise a
+      ValueError naming the failure; the state is then not donated, so the input state stays valid.
+    steps_per_call: k > 1 runs k updates in one compiled `lax.scan` over a stacked batch (every batch leaf
+      with a leading axis k, one batch per step) and returns metrics with a leading axis k: one dispatch for
+      k steps, bitwise equal to k single steps.
+    The step key is `jax.random.fold_in(state.rng, state.step)`, so it is dead code when loss_fn ignores rng.
 
     Raises:
-      TypeError: `loss_fn` is not callable or `optimizer` is not an Optax transformation (at once).
-      ValueError: (when the step is traced) loss_fn returns a non-scalar loss, or a tuple without has_aux /
-        a single value with has_aux.
+      TypeError: `loss_fn` is not callable, `optimizer` is not an Optax transformation, or steps_per_call is
+        not an int (at once).
+      ValueError: steps_per_call < 1 (at once); skip_nonfinite with a state made without a counter, a batch
+        whose leading axis is not steps_per_call, or (when traced) a loss_fn output of the wrong form, a
+        non-scalar loss, a new model state of another structure; with checks=True, a failed check.
     """
     who = "training.make_step"
     if not callable(loss_fn):
         raise TypeError(f"hyperjax.{who}: `loss_fn` must be callable as loss_fn(params, batch, rng), got "
                         f"{type(loss_fn).__name__}.")
     _optimizer(optimizer, "optimizer", who)
+    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int):
+        raise TypeError(f"hyperjax.{who}: `steps_per_call` must be an int >= 1, got {type(steps_per_call).__name__}.")
+    if steps_per_call < 1:
+        raise ValueError(f"hyperjax.{who}: `steps_per_call` must be an int >= 1, got {steps_per_call}.")
+    value_and_grad = jax.value_and_grad(_checked_loss(loss_fn, has_aux, with_model_state, who), has_aux=True)
 
-    def checked_loss(params: Any, batch: Any, rng: Any) -> Any:
-        out = loss_fn(params, batch, rng)
-        if has_aux and not (isinstance(out, tuple) and len(out) == 2):
-            raise ValueError(f"hyperjax.{who}: with has_aux=True, loss_fn must return (loss, aux), "
-                             "got a single value; return a pair or pass has_aux=False.")
-        if not has_aux and isinstance(out, tuple):
-            raise ValueError(f"hyperjax.{who}: loss_fn returned a tuple; for (loss, aux) pass has_aux=True.")
-        loss = out[0] if has_aux else out
-        if jnp.ndim(loss) != 0:
-            raise ValueError(f"hyperjax.{who}: loss_fn must return a scalar loss, got shape "
-                             f"{tuple(jnp.shape(loss))}.")
-        return out
-
-    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+    def one(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        if with_model_state and state.model_state is None:
+            raise ValueError(f"hyperjax.{who}: with_model_state=True needs a state with a model_state: "
+                             f"init_state(params, optimizer, key, model_state=spec.init_state(key)).")
+        if skip_nonfinite and state.skipped is None:
+            raise ValueError(f"hyperjax.{who}: skip_nonfinite=True counts skipped updates in state.skipped: "
+                             f"make the state with init_state(..., skip_nonfinite=True).")
         step_rng = None if state.rng is None else jax.random.fold_in(state.rng, state.step)
-        grad_fn = jax.value_and_grad(checked_loss, has_aux=has_aux)
-        out, grads = grad_fn(state.params, batch, step_rng)
-        loss, aux = out if has_aux else (out, {})
+        (loss, (aux, model_state)), grads = value_and_grad(state.params, batch, step_rng, state.model_state)
         with jax.numpy_dtype_promotion("standard"):   # optax mixes Python floats with int32 step counters
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **({"grad_norm": global_norm(grads)} if grad_norm else {}), **dict(aux)}
-        return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+        metrics = {"loss": loss, **({"grad_norm": global_norm(grads)} if grad_norm else {}), **aux}
+        skipped = state.skipped
+        if skip_nonfinite:
+            finite = jnp.concatenate([jnp.isfinite(loss)[None], _finite(grads)])
+            ok = jnp.all(finite)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+            model_state = keep(model_state, state.model_state)
+            skipped = skipped + (~ok).astype(skipped.dtype)
+            metrics["skipped"] = ~ok
+            metrics["nonfinite_index"] = jnp.where(ok, -1, jnp.argmin(finite)).astype(jnp.int32)
+        return TrainState(state.step + 1, params, opt_state, state.rng, model_state, skipped), metrics
 
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        if steps_per_call == 1:
+            return one(state, batch)
+        _stacked_length(batch, steps_per_call, who)
+        return jax.lax.scan(one, state, batch)
+
+    if checks:
+        return _checked_step(step, jit)
     if not jit:
         return step
     return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def _checked_step(step: Callable[..., Any], jit: bool) -> Callable[..., Any]:
+    """`step` under checkify (not donated, so a failed step leaves the caller's state valid)."""
+    from hyperjax._src.checked import checked
+    return checked(step, jit=jit)
 
 
 def count_params(tree: Any) -> int:
@@ -247,7 +363,7 @@ def frozen(optimizer: optax.GradientTransformation, where: _paths.Where) -> opta
     def label_fn(params: Any) -> Any:
         flat = _paths.leaves_with_paths(params)
         if not any(sel(p, x) for p, x in flat):
-            raise checks.no_match(where, [p for p, _ in flat], who, what="the trainable params")
+            raise _checks.no_match(where, [p for p, _ in flat], who, what="the trainable params")
         return jax.tree_util.tree_map_with_path(
             lambda kp, x: "frozen" if sel(_paths.path_str(kp), x) else "train", params)
     return optax.partition({"train": optimizer, "frozen": optax.set_to_zero()}, label_fn)
