@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import hyperjax as hj
+
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -21,14 +23,5 @@ def maybe_jit(request):
 
 @pytest.fixture(scope="session")
 def tiny_mlp_spec():
-    """TargetSpec of a linen MLP 5 -> 7 -> 3 (kernels and biases)."""
-    import flax.linen as nn
-    import hyperjax as hj
-
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = nn.relu(nn.Dense(7)(x))
-            return nn.Dense(3)(x)
-
-    return hj.targets.from_linen(MLP(), jnp.ones((1, 5)))
+    """`hj.testing.mlp_spec()`: the linen ReLU MLP 5 -> 7 -> 3 (paths Dense_i/kernel, Dense_i/bias)."""
+    return hj.testing.mlp_spec()

@@ -18,7 +18,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import hyperjax as hj
-from hyperjax._src.paths import leaves_with_paths
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 FAST = settings(max_examples=25, deadline=None)
@@ -65,7 +64,7 @@ def subset(draw, paths):
 
 def _assert_matches_spec(out, spec):
     assert jax.tree_util.tree_structure(out) == spec.treedef
-    got = dict(leaves_with_paths(out))
+    got = dict(hj.testing.leaves_with_paths(out))
     assert list(got) == list(spec.paths)
     for p, want in spec.leaves.items():
         assert (got[p].shape, got[p].dtype) == (want.shape, want.dtype), p

@@ -17,7 +17,6 @@ import pytest
 
 import hyperjax as hj
 from benchmarks import _common, _problem, _report, _steps, _timing, case_chunked, run_all, scaling
-from hyperjax._src.training import global_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW_KEYS = {"name", "framework", "median_ms", "min_ms", "max_ms", "repeats", "ratio", "ratio_to"}
@@ -241,12 +240,12 @@ def test_torch_per_sample_bmm_matches_vmap():
 def test_global_norm_matches_optax(shapes, maybe_jit):
     keys = jax.random.split(jax.random.key(0), len(shapes))
     tree = {f"l{i}": jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, shapes))}
-    np.testing.assert_allclose(maybe_jit(global_norm)(tree), optax.global_norm(tree), rtol=1e-5)
+    np.testing.assert_allclose(maybe_jit(hj.training.global_norm)(tree), optax.global_norm(tree), rtol=1e-5)
 
 
 def test_global_norm_mixed_dtypes():
     tree = {"a": jnp.full((1500,), 2.0, jnp.bfloat16), "b": jnp.full((4,), 1.0, jnp.float32)}
-    assert float(global_norm(tree)) == pytest.approx(np.sqrt(1500 * 4 + 4), rel=1e-5)
+    assert float(hj.training.global_norm(tree)) == pytest.approx(np.sqrt(1500 * 4 + 4), rel=1e-5)
 
 
 def test_make_step_grad_norm_is_the_gradient_norm(tiny_mlp_spec, key):

@@ -155,17 +155,17 @@ def test_public_methods_take_no_who(spec, params):
         spec.check(params, who="x")
 
 
-def test_internal_select_and_check_name_the_caller(spec, params):
-    from hyperjax._src.spec import check_params, select_paths
-    assert select_paths(spec, "*/kernel", "generators.dense") == spec.select("*/kernel")
+def test_select_and_check_errors_name_the_public_caller(spec, params):
+    """The selection and tree checks behind spec.select / spec.check name whoever called them."""
     with pytest.raises(ValueError, match=r"^hyperjax.generators.dense: `where`='\*/w' matches no leaf"):
-        select_paths(spec, "*/w", "generators.dense")
+        hj.generators.dense(spec, cond_dim=3, where="*/w")
     with pytest.raises(TypeError, match=r"^hyperjax.generators.dense: `where` must be a glob string"):
-        select_paths(spec, 3, "generators.dense")
-    check_params(spec, params, "generators.dense")
-    with pytest.raises(ValueError, match=r"^hyperjax.generators.dense: params tree does not match the target "
+        hj.generators.dense(spec, cond_dim=3, where=3)
+    tied = hj.tie(spec, source="norm/scale", dest="dense/bias")
+    tied.expand(tied.collapse(params))
+    with pytest.raises(ValueError, match=r"^hyperjax.tie.expand: params tree does not match the target "
                                          r"\(missing: temperature\)"):
-        check_params(spec, {k: v for k, v in params.items() if k != "temperature"}, "generators.dense")
+        tied.expand({k: v for k, v in tied.collapse(params).items() if k != "temperature"})
     with pytest.raises(ValueError, match=r"^hyperjax.TargetSpec.check: "):
         spec.check({k: v for k, v in params.items() if k != "temperature"})
 

@@ -58,15 +58,6 @@ def equinox_ae():
 TARGETS = [pytest.param(linen_ae, id="linen"), pytest.param(nnx_ae, id="nnx"), pytest.param(equinox_ae, id="equinox")]
 
 
-def _leaves(tree):
-    from hyperjax._src.paths import leaves_with_paths
-    return leaves_with_paths(tree)
-
-
-def _leaf(tree, path):
-    return dict(_leaves(tree))[path]
-
-
 # ------------------------------------------------------------------------------------------------ core behaviour
 @pytest.mark.parametrize("make", TARGETS)
 def test_one_stored_leaf_and_apply_matches_full(make, key, maybe_jit):
@@ -78,7 +69,7 @@ def test_one_stored_leaf_and_apply_matches_full(make, key, maybe_jit):
     assert hj.training.count_params(free) == tied.size == spec.size - n_dst
     full = tied.expand(free)
     spec.check(full)
-    np.testing.assert_array_equal(_leaf(full, dst), fn(_leaf(free, src)))
+    np.testing.assert_array_equal(hj.testing.leaf_at(full, dst), fn(hj.testing.leaf_at(free, src)))
     chex.assert_trees_all_close(maybe_jit(tied.apply)(free, X), spec.apply(full, X), atol=1e-6)
     chex.assert_trees_all_equal(tied.collapse(full), free)
 
@@ -92,9 +83,9 @@ def test_gradients_from_every_use_add_up(make, key, maybe_jit):
     loss_full = lambda p: jnp.sum(spec.apply(p, X) ** 2)
     g_free = maybe_jit(jax.grad(lambda f: loss_full(tied.expand(f))))(free)
     g_full = jax.grad(loss_full)(tied.expand(free))
-    want = _leaf(g_full, src) + jnp.transpose(_leaf(g_full, dst))
-    np.testing.assert_allclose(_leaf(g_free, src), want, rtol=1e-5, atol=1e-6)
-    assert float(jnp.abs(_leaf(g_full, dst)).sum()) > 0   # the tied use really contributes
+    want = hj.testing.leaf_at(g_full, src) + jnp.transpose(hj.testing.leaf_at(g_full, dst))
+    np.testing.assert_allclose(hj.testing.leaf_at(g_free, src), want, rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(hj.testing.leaf_at(g_full, dst)).sum()) > 0   # the tied use really contributes
 
 
 def test_gradient_hand_computed(maybe_jit):
@@ -192,9 +183,10 @@ def test_generators_see_only_free_leaves(make, key, maybe_jit):
     # partial generation of the source while the dest stays tied to it
     part = hj.generators.partial(hj.generators.dense, tied, where=src, cond_dim=3, hidden=8)
     hp = part.init(key)
-    assert dst not in [p for p, _ in _leaves(hp)] and f"direct/{dst}" not in [p for p, _ in _leaves(hp)]
+    hp_paths = hj.testing.leaf_dict(hp)
+    assert dst not in hp_paths and f"direct/{dst}" not in hp_paths
     full = tied.expand(maybe_jit(part.apply)(hp, jnp.ones(3)))
-    np.testing.assert_array_equal(_leaf(full, dst), fn(_leaf(full, src)))
+    np.testing.assert_array_equal(hj.testing.leaf_at(full, dst), fn(hj.testing.leaf_at(full, src)))
     g = jax.grad(lambda h: jnp.sum(tied.apply(part.apply(h, jnp.ones(3)), X) ** 2))(hp)
     assert float(jnp.abs(g["hyper"]["mlp"][-1]["w"]).sum()) > 0
 
@@ -218,7 +210,7 @@ def test_training_keeps_tie(key):
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.5 * losses[0]
     full = tied.expand(state.params)
-    np.testing.assert_array_equal(_leaf(full, dst), fn(_leaf(full, src)))
+    np.testing.assert_array_equal(hj.testing.leaf_at(full, dst), fn(hj.testing.leaf_at(full, src)))
 
 
 # ------------------------------------------------------------------------------------------------ properties

@@ -13,7 +13,6 @@ import pytest
 from jax.test_util import check_grads
 
 import hyperjax as hj
-from hyperjax._src.paths import leaves_with_paths, unnest
 
 COND_DIM = 3
 NUM_CONDS = 3
@@ -43,25 +42,13 @@ EAGER = [GENERATORS[i] for i in (0, 3, 7, 9)]
 
 
 # ------------------------------------------------------------------------------------------------ targets
-def _mixed_apply(p, x):
-    h = jnp.tanh(x @ p["l1"]["w"].astype(jnp.float32) + p["l1"]["b"][None])
-    return h @ p["l2"]["w"] + p["l2"]["b"][None]
-
-
 def _targets():
+    """The linen 5 -> 4 -> 3 tanh MLP, the same MLP as a function with a bfloat16 first kernel, an Equinox MLP."""
     import equinox as eqx
-    import flax.linen as nn
 
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return nn.Dense(3)(jnp.tanh(nn.Dense(4)(x)))
-
-    mixed = {"l1": {"w": jax.ShapeDtypeStruct((5, 4), jnp.bfloat16), "b": jax.ShapeDtypeStruct((4,), jnp.float32)},
-             "l2": {"w": jax.ShapeDtypeStruct((4, 3), jnp.float32), "b": jax.ShapeDtypeStruct((3,), jnp.float32)}}
     mlp = eqx.nn.MLP(5, 3, 4, 1, activation=jnp.tanh, key=jax.random.key(0))
-    return {"linen": (hj.targets.from_linen(MLP(), X), X),
-            "mixed-bf16": (hj.targets.from_fn(_mixed_apply, mixed), X),
+    return {"linen": (hj.testing.mlp_spec((5, 4, 3), activation=jnp.tanh), X),
+            "mixed-bf16": (hj.testing.mixed_dtype_spec((5, 4, 3)), X),
             "equinox": (hj.targets.from_equinox(mlp), X[0])}
 
 
@@ -75,18 +62,12 @@ def get_target(name):
     return _TARGETS[name]
 
 
-def filled(abstract):
-    """Deterministic non-zero values for an abstract tree, made with NumPy (no PRNG to compile)."""
-    leaves, treedef = jax.tree_util.tree_flatten(abstract)
-    out = [np.sin(np.arange(l.size) * 0.37 + i).reshape(l.shape).astype(l.dtype) for i, l in enumerate(leaves)]
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in out])
-
-
 def built(factory, kwargs, target_name):
     """(spec, x, generator, hparams), built once per (row, target) for the whole module.
 
     On the linen target hparams come from the jitted `gen.init`; on the others (structure and dtype tests
-    only) from `filled(jax.eval_shape(gen.init, key))`, as compiling each init's PRNG calls costs ~1 s on CPU.
+    only) from `hj.testing.filled(jax.eval_shape(gen.init, key))`, as compiling each init's PRNG calls costs
+    ~1 s on CPU.
     The generator uses tanh, so the loss is smooth enough for finite differences (check_grads).
     """
     k = (id(kwargs), target_name)
@@ -96,7 +77,7 @@ def built(factory, kwargs, target_name):
         if target_name == "linen":
             hparams = jax.jit(gen.init)(jax.random.key(0))
         else:
-            hparams = filled(jax.eval_shape(gen.init, jax.random.key(0)))
+            hparams = hj.testing.filled(jax.eval_shape(gen.init, jax.random.key(0)))
         _BUILT[k] = (spec, x, gen, hparams)
     return _BUILT[k]
 
@@ -170,7 +151,7 @@ def test_gradients_jit(factory, kwargs):
     check_grads(loss, (hparams,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
     grads = jax.grad(loss)(hparams)
     chex.assert_trees_all_equal_structs(grads, hparams)
-    for path, g in leaves_with_paths(grads):
+    for path, g in hj.testing.leaves_with_paths(grads):
         assert bool(jnp.any(g != 0)), f"no gradient reaches {path}"
         if path.endswith("emb"):
             assert bool(jnp.all(jnp.any(g != 0, axis=1))), f"an embedding row of {path} gets no gradient"
@@ -196,7 +177,7 @@ def test_generated_leaves_depend_on_cond_and_direct_leaves_do_not(factory, kwarg
         if p in chosen:
             assert not np.array_equal(a[p], b[p]), p
         else:
-            np.testing.assert_array_equal(a[p], unnest(hparams["direct"], [p])[p])
+            np.testing.assert_array_equal(a[p], hj.testing.leaf_at(hparams["direct"], p))
             np.testing.assert_array_equal(a[p], b[p])
 
 
