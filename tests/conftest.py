@@ -1,7 +1,6 @@
 """Shared fixtures: strict dtype/rank promotion, a PRNG key, and eager/jit variants of each test."""
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 import hyperjax as hj

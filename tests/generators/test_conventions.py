@@ -6,7 +6,6 @@ import inspect
 import pathlib
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,13 +24,7 @@ NEEDS = {"dense": {"hidden": 4}, "chunked": {"chunk_size": 16, "hidden": 4}, "pe
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
-class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(3)(nn.relu(nn.Dense(6)(x)))
-
-
-SPEC = hj.targets.from_linen(MLP(), jnp.ones((1, 4)))
+SPEC = hj.testing.mlp_spec((4, 6, 3))
 
 
 def test_every_public_factory_is_listed():
@@ -140,10 +133,10 @@ def test_per_call_values_are_keywords(key):
     sharp, soft = book.apply(hp, tau=jnp.float32(0.05)), book.apply(hp, tau=2.0)
     assert not np.allclose(SPEC.flatten(sharp), SPEC.flatten(soft))
     emb = jax.random.normal(key, (4, 2))
-    row = G.rowwise(SPEC, where="Dense_1/kernel", feature_emb=jax.ShapeDtypeStruct((4, 2), jnp.float32), hidden=4)
+    row = G.rowwise(SPEC, where="Dense_0/kernel", feature_emb=jax.ShapeDtypeStruct((4, 2), jnp.float32), hidden=4)
     hp = row.init(key)
-    out = row.apply(hp, feature_emb=emb)["Dense_1"]["kernel"]
-    assert out.shape == (4, 6) and not np.allclose(out, row.apply(hp, feature_emb=emb[::-1])["Dense_1"]["kernel"])
+    out = row.apply(hp, feature_emb=emb)["Dense_0"]["kernel"]
+    assert out.shape == (4, 6) and not np.allclose(out, row.apply(hp, feature_emb=emb[::-1])["Dense_0"]["kernel"])
 
 
 # ------------------------------------------------------------------------------------------------ hparams

@@ -4,7 +4,6 @@ per-example materialised weights, gradients, training, properties, errors."""
 import functools
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,25 +19,10 @@ import hyperjax as hj
 mm = hj.generators.modulated_matmul
 
 
-def sds(shape):
-    """Example params as shapes only: from_fn needs no arrays (and eager jnp.zeros would compile per shape)."""
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
-
-
-class MLP(nn.Module):
-    features: tuple = (7, 3)
-
-    @nn.compact
-    def __call__(self, x):
-        for i, f in enumerate(self.features):
-            x = nn.Dense(f)(x)
-            x = nn.relu(x) if i < len(self.features) - 1 else x
-        return x
-
-
 @functools.cache
 def linen_mlp(widths=(5, 7, 3)):
-    return hj.targets.from_linen(MLP(tuple(widths[1:])), jnp.ones((1, widths[0])))
+    """`hj.testing.mlp_spec(widths)`, built once per widths."""
+    return hj.testing.mlp_spec(widths)
 
 
 def host(tree):
@@ -65,14 +49,8 @@ def linen_forward(p, x, n_layers=2):
 
 @functools.cache
 def out_in_mlp():
-    """Equinox/PyTorch layout: weight (out, in)."""
-    params = {"l0": {"weight": sds((7, 5)), "bias": sds((7,))},
-              "l1": {"weight": sds((3, 7)), "bias": sds((3,))}}
-
-    def apply(p, x):
-        h = jax.nn.relu(add_bias(x @ p["l0"]["weight"].T, p["l0"]["bias"]))
-        return add_bias(h @ p["l1"]["weight"].T, p["l1"]["bias"])
-    return hj.targets.from_fn(apply, params, layout="out_in")
+    """Equinox/PyTorch layout, weight (out, in): `hj.testing.fn_mlp_spec(layout="out_in")`, l0 5 -> 7, l1 7 -> 3."""
+    return hj.testing.fn_mlp_spec((5, 7, 3), layout="out_in")
 
 
 def out_in_forward(p, x):
@@ -294,7 +272,7 @@ def test_bad_cond_dim_and_targets_raise():
         LR(linen_mlp(), cond_dim=0, rank=2)
     with pytest.raises(ValueError, match=r"`num_conds` needs `cond_dim`"):
         SM(linen_mlp(), num_conds=2)
-    conv = hj.targets.from_fn(lambda p, x: x, {"conv": {"kernel": sds((3, 3, 2, 4))}, "b": sds((4,))})
+    conv = hj.targets.from_fn(lambda p, x: x, {"conv": {"kernel": hj.testing.sds((3, 3, 2, 4))}, "b": hj.testing.sds((4,))})
     with pytest.raises(ValueError, match=r"`where`=matrices matches no leaf of the target. Available paths: b, "
                                          r"conv/kernel"):
         LR(conv, cond_dim=3, rank=2)

@@ -18,51 +18,11 @@ from jax.test_util import check_grads
 
 import hyperjax as hj
 
-def sds(shape):
-    """Example params as shapes only: from_fn needs no arrays (and eager jnp.zeros would compile per shape)."""
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
-
-
 X_IMG = jnp.linspace(0.0, 1.0, 2 * 4 * 4, dtype=jnp.float32).reshape(2, 4, 4, 1)
 
 
-class CNN(nn.Module):
-    """conv k x k, 1 -> c; conv k x k, c -> c; dense -> 3 (SAME padding)."""
-
-    k: int = 7
-    c: int = 16
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(self.c, (self.k, self.k))(x))
-        x = nn.relu(nn.Conv(self.c, (self.k, self.k))(x))
-        return nn.Dense(3)(x.reshape(x.shape[0], -1))
-
-
-class Block(nn.Module):
-    width: int = 4
-
-    @nn.compact
-    def __call__(self, h, _):
-        return nn.relu(nn.Dense(self.width)(h)), None
-
-
-class Deep(nn.Module):
-    """3 -> width -> depth x [width -> width] (nn.scan, params stacked (depth, ...)) -> 2."""
-
-    depth: int = 3
-    width: int = 4
-
-    @nn.compact
-    def __call__(self, x):
-        h = nn.Dense(self.width)(x)
-        scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.depth)
-        h, _ = scan(self.width)(h, None)
-        return nn.Dense(2)(h)
-
-
 class Unrolled(nn.Module):
-    """The same net with one leaf per hidden layer (a Python loop of Dense layers)."""
+    """`hj.testing.StackedMLP` with one leaf per hidden layer (a Python loop of Dense layers `hidden_i`)."""
 
     depth: int = 3
     width: int = 4
@@ -77,25 +37,25 @@ class Unrolled(nn.Module):
 
 @functools.cache
 def paper_spec():
-    return hj.targets.from_linen(CNN(k=7, c=16), X_IMG[:1])
+    return hj.testing.cnn_spec((16, 16), kernel=7, classes=3, image=(4, 4, 1), pool="flatten")
 
 
 @functools.cache
 def kernel_spec(shape=(7, 7, 16, 16)):
     """Just the paper's generated leaf, 'Conv_1/kernel' (HWIO), with from_fn's cheap default init."""
-    return hj.targets.from_fn(lambda p, x: x, {"Conv_1": {"kernel": sds(shape)}})
+    return hj.targets.from_fn(lambda p, x: x, {"Conv_1": {"kernel": hj.testing.sds(shape)}})
 
 
 @functools.cache
 def small_cnn():
-    return hj.targets.from_linen(CNN(k=3, c=4), X_IMG[:1])
+    return hj.testing.cnn_spec((4, 4), kernel=3, classes=3, image=(4, 4, 1), pool="flatten")
 
 
 @functools.cache
 def out_in_spec():
     """An Equinox/PyTorch-layout conv stack: weights (out, in, kh, kw), biases (out,)."""
-    params = {"conv": {"weight": sds((4, 2, 3, 3)), "bias": sds((4,))},
-              "lin": {"weight": sds((3, 4))}}
+    params = {"conv": {"weight": hj.testing.sds((4, 2, 3, 3)), "bias": hj.testing.sds((4,))},
+              "lin": {"weight": hj.testing.sds((3, 4))}}
 
     def apply(p, x):                                     # x: f[n, 2, h, w] (NCHW)
         y = jax.lax.conv_general_dilated(x, p["conv"]["weight"], (1, 1), "SAME")
@@ -112,7 +72,7 @@ CONFIGS = [   # (target, options, also run apply eagerly and compare with jit)
                  id="ids"),
     pytest.param(out_in_spec, {"block": (2, 2), "where": "conv/*", "cond_dim": 3}, True, id="out_in-blocks-cond"),
     pytest.param(out_in_spec, {}, False, id="out_in-all"),
-    pytest.param(lambda: (hj.targets.from_linen(Deep(), jnp.ones((1, 3))), jnp.ones((2, 3))),
+    pytest.param(lambda: (hj.testing.stacked_spec(), jnp.ones((2, 3))),
                  {"where": "ScanBlock_0/*", "stack_axes": 1}, False, id="stacked"),
 ]
 
@@ -234,7 +194,7 @@ def test_groups_share_a_generator_across_layers_of_one_shape(key):
 
 def test_stacked_layers_equal_separate_leaves(key):
     """A scanned (L, 4, 4) leaf with stack_axes=1 gives the kernels of L separate leaves from the same hparams."""
-    stacked = hj.targets.from_linen(Deep(depth=3), jnp.ones((1, 3)))
+    stacked = hj.testing.stacked_spec(3)
     unrolled = hj.targets.from_linen(Unrolled(depth=3), jnp.ones((1, 3)))
     g_s = hj.generators.per_layer(stacked, where="ScanBlock_0/*", stack_axes=1)
     g_u = hj.generators.per_layer(unrolled, where="hidden_*/*")
@@ -262,7 +222,7 @@ def test_program_does_not_grow_with_depth(unrolled, key):
             spec = hj.targets.from_linen(Unrolled(depth=depth), jnp.ones((1, 3)))
             gen = hj.generators.per_layer(spec, where="hidden_*/*")
         else:
-            spec = hj.targets.from_linen(Deep(depth=depth), jnp.ones((1, 3)))
+            spec = hj.testing.stacked_spec(depth)
             gen = hj.generators.per_layer(spec, where="ScanBlock_0/*", stack_axes=1)
         return jax.make_jaxpr(gen.apply)(jax.eval_shape(gen.init, key)).jaxpr
     small, big = jaxpr(2), jaxpr(16)
@@ -274,7 +234,7 @@ def test_program_does_not_grow_with_depth(unrolled, key):
 
 def test_init_matches_fan_in_variance(key):
     """At init, 32 stacked 16 x 16 layers have kernel variance ~ 1/fan_in = 1/16 (hyperfan-in)."""
-    spec = hj.targets.from_fn(lambda p, x: x, {"kernel": sds((32, 16, 16)), "bias": sds((32, 16))})
+    spec = hj.targets.from_fn(lambda p, x: x, {"kernel": hj.testing.sds((32, 16, 16)), "bias": hj.testing.sds((32, 16))})
     gen = hj.generators.per_layer(spec, where="kernel", stack_axes=1, z_dim=8, d=8)
     k = jax.jit(lambda key: gen.apply(gen.init(key)))(key)["kernel"]
     assert k.shape == (32, 16, 16)
@@ -342,7 +302,7 @@ def test_per_sample_vmap(key):
 def test_shapes_and_counts_property(k, n_in, n_out, t_in, t_out, z, d, layout):
     N_in, N_out = n_in * t_in, n_out * t_out
     shape = (k, k, N_in, N_out) if layout == "in_out" else (N_out, N_in, k, k)
-    spec = hj.targets.from_fn(lambda p, x: x, {"w": sds(shape), "b": sds((N_out,))}, layout=layout)
+    spec = hj.targets.from_fn(lambda p, x: x, {"w": hj.testing.sds(shape), "b": hj.testing.sds((N_out,))}, layout=layout)
     gen = hj.generators.per_layer(spec, z_dim=z, d=d, block=(n_in, n_out))
     hp = jax.eval_shape(gen.init, jax.random.key(0))
     params = jax.eval_shape(gen.apply, hp)                 # shapes only: no compilation per example
@@ -381,7 +341,7 @@ def test_bad_options_raise(kwargs, match):
 
 def test_mixed_stacks_raise():
     """stack_axes=1 over leaves that are not all one scanned stack would misread a kernel as stacked biases."""
-    spec = hj.targets.from_linen(Deep(depth=3), jnp.ones((1, 3)))
+    spec = hj.testing.stacked_spec(3)
     with pytest.raises(ValueError, match=r"with stack_axes=1 every selected leaf must have the same leading layer "
                                          r"axes, got 'Dense_0/kernel' \(3,\), 'Dense_1/kernel' \(4,\)"):
         hj.generators.per_layer(spec, where="*/kernel", stack_axes=1)
@@ -398,4 +358,4 @@ def test_bad_conditioning_raises(key):
     with pytest.raises(ValueError, match=r"hparams tree does not match the target \(missing: embedding/layer_emb/"):
         jax.eval_shape(static.apply, {"direct": jax.eval_shape(static.init, key)["direct"]})
     with pytest.raises(TypeError, match=r"`target` must be a TargetSpec"):
-        hj.generators.per_layer({"w": sds((2, 2))})
+        hj.generators.per_layer({"w": hj.testing.sds((2, 2))})
