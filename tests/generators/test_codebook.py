@@ -15,24 +15,10 @@ from jax.test_util import check_grads
 import hyperjax as hj
 
 
-def mlp_spec(widths=(5, 7, 3)):
-    """Plain-function MLP; params {"l0": {"kernel", "bias"}, "l1": ...} with in_out kernels."""
-    params = {f"l{i}": {"kernel": jnp.zeros((a, b)), "bias": jnp.zeros((b,))}
-              for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))}
-
-    def apply(p, x):
-        for i in range(len(widths) - 1):
-            x = x @ p[f"l{i}"]["kernel"] + p[f"l{i}"]["bias"][None, :]
-            if i < len(widths) - 2:
-                x = jax.nn.relu(x)
-        return x
-
-    return hj.targets.from_fn(apply, params)
-
-
 @pytest.fixture(scope="module")
 def spec():
-    return mlp_spec()
+    """Plain-function ReLU MLP 5 -> 7 -> 3; params {"l0": {"kernel", "bias"}, "l1": ...}, in_out kernels."""
+    return hj.testing.fn_mlp_spec((5, 7, 3))
 
 
 N_KERNEL = 5 * 7 + 7 * 3   # 56 shared scalars with where="*/kernel"
@@ -64,7 +50,7 @@ def test_hparams_layout_and_param_count(spec, key):
     assert set(hp["direct"]) == {"l0", "l1"} and set(hp["direct"]["l0"]) == {"bias"}
     per_leaf = hj.generators.codebook(spec, num_values=4, where="*/kernel", shared=False).init(key)
     assert hj.training.count_params(per_leaf["hyper"]) == N_KERNEL * 4 + 4 * 2
-    assert set(jax.tree.leaves(hj.training.labels(hp["hyper"]))) == {"hyper"}
+    assert set(jax.tree.leaves(hj.training.labels(hp)["hyper"])) == {"hyper"}
 
 
 def test_weight_is_softmax_over_shared_values(spec, key):
@@ -78,7 +64,7 @@ def test_weight_is_softmax_over_shared_values(spec, key):
 
 def test_init_approximates_an_ordinary_init(key):
     """Soft weights at tau=1 keep most of a LeCun init's spread; codebook values span its quantiles."""
-    spec = mlp_spec((64, 128))
+    spec = hj.testing.fn_mlp_spec((64, 128))
     gen = hj.generators.codebook(spec, num_values=16, where="*/kernel")
     hp = gen.init(key)
     w = gen.apply(hp)["l0"]["kernel"]
@@ -195,7 +181,7 @@ def test_export_per_leaf_codebooks(spec, key):
 
 def test_memory_does_not_grow_with_batch(key):
     """The n x K soft assignment is built once per step; no intermediate scales as n * K * batch."""
-    spec = mlp_spec((8, 16, 4))
+    spec = hj.testing.fn_mlp_spec((8, 16, 4))
     gen = hj.generators.codebook(spec, num_values=4, where="*/kernel")
     hp = jax.eval_shape(gen.init, key)                      # tracing only: no compile
     x = jnp.ones((64, 8))
@@ -238,7 +224,7 @@ def test_training_with_regularisers_lowers_loss_and_entropy(spec, key):
 def test_export_property(widths, k, shared, seed):
     """Random logits and values in the layout init makes: export keeps the tree, every shared scalar is the value
     of its argmax, and the distinct-value count is exact and at most K per codebook."""
-    spec = mlp_spec(tuple(widths))
+    spec = hj.testing.fn_mlp_spec(tuple(widths))
     gen = hj.generators.codebook(spec, num_values=k, where="*/kernel", shared=shared)
     abstract = jax.eval_shape(gen.init, jax.random.key(0))            # tracing only
     assert sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["hyper"])) == \
@@ -259,19 +245,23 @@ def test_export_property(widths, k, shared, seed):
 
 
 # ---------------------------------------------------------------- errors
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_values": 0}, r"`num_values` must be a positive int, got 0"),
-    ({"num_values": -3}, r"`num_values` must be a positive int, got -3"),
-    ({"num_values": 2.5}, r"`num_values` must be a positive int, got 2.5"),
-    ({"num_values": 4, "tau": 0.0}, r"`tau` must be a positive finite number, got 0.0"),
-    ({"num_values": 4, "tau": -1}, r"`tau` must be a positive finite number, got -1"),
-    ({"num_values": 4, "tau": float("inf")}, r"`tau` must be a positive finite number, got inf"),
-    ({"num_values": 4, "init_spread": 0}, r"`init_spread` must be a positive finite number, got 0"),
-    ({"num_values": 4, "where": "*/gamma"}, r"`where`='\*/gamma' matches no leaf of the target. Available paths: l0/bias"),
-    ({"num_values": 4, "init": "glorot"}, r"unknown `init`='glorot'; valid options are 'hyperfan_in', 'hyperfan_out'"),
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"num_values": 0}, ValueError, r"`num_values` must be a positive int, got 0"),
+    ({"num_values": -3}, ValueError, r"`num_values` must be a positive int, got -3"),
+    ({"num_values": 2.5}, TypeError, r"`num_values` must be a positive int, got 2.5 \(float\)"),
+    ({"num_values": True}, TypeError, r"`num_values` must be a positive int, got True \(bool\)"),
+    ({"num_values": 4, "tau": 0.0}, ValueError, r"`tau` must be a positive finite number, got 0.0"),
+    ({"num_values": 4, "tau": -1}, ValueError, r"`tau` must be a positive finite number, got -1"),
+    ({"num_values": 4, "tau": float("inf")}, ValueError, r"`tau` must be a positive finite number, got inf"),
+    ({"num_values": 4, "tau": "1"}, TypeError, r"`tau` must be a positive finite number, got '1' \(str\)"),
+    ({"num_values": 4, "init_spread": 0}, ValueError, r"`init_spread` must be a positive finite number, got 0"),
+    ({"num_values": 4, "where": "*/gamma"}, ValueError,
+     r"`where`='\*/gamma' matches no leaf of the target. Available paths: l0/bias"),
+    ({"num_values": 4, "init": "glorot"}, ValueError,
+     r"unknown `init`='glorot'; valid options are 'hyperfan_in', 'hyperfan_out'"),
 ])
-def test_bad_options_raise(kwargs, match, spec):
-    with pytest.raises(ValueError, match=match):
+def test_bad_options_raise(kwargs, exc, match, spec):
+    with pytest.raises(exc, match=r"^hyperjax.generators.codebook: .*" + match):
         hj.generators.codebook(spec, **kwargs)
 
 

@@ -9,6 +9,7 @@ entropy: push each slot to one value) and `codebook_usage_kl` (KL from the mean 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -43,7 +44,8 @@ def codebook(target: TargetSpec, *, num_values: int, cond_dim: None = None, num_
       init: "hyperfan_in" / "hyperfan_out". A reference weight w0 is drawn per slot with the variance a
         fan-in (fan-out) init gives its leaf; v starts at the K quantiles (k + 1/2) / K of all w0 of its
         codebook, and A_ik = -(w0_i - v_k)^2 / (2 s^2) with s = init_spread * std(w0): a soft nearest-value
-        assignment, so the initial soft weights approximate (a smoothed) ordinary init.
+        assignment. The values are then mapped affinely so that the soft weights have the mean and
+        variance of w0 (the soft average of neighbouring values would otherwise shrink it).
       init_spread: width of that initial assignment in units of std(w0) (> 0). Narrow (e.g. half a codebook
         spacing) pins each slot near its first value, where the gradient to distant values vanishes; on the
         digits MLP 0.5 trained best (experiments/learned_sharing.py) and the width does not depend on K.
@@ -60,54 +62,24 @@ def codebook(target: TargetSpec, *, num_values: int, cond_dim: None = None, num_
     num_conds (no conditioned form), or `where` matching no leaf.
     """
     paths = common.generated_paths(target, where, WHO)
-    if cond_dim is not None or num_conds is not None:
-        raise ValueError(f"hyperjax.{WHO}: codebook has no conditioned form (cond_dim={cond_dim!r}, "
-                         f"num_conds={num_conds!r}): soft sharing learns one set of weights, w = softmax(A / tau) "
-                         f". v. Build it with cond_dim=None and num_conds=None; for task-conditioned weights use "
-                         f"dense, chunked, per_layer or low_rank.")
+    _no_conditioned_form(cond_dim, num_conds)
     k = checks.positive_int(num_values, "num_values", WHO)
     default_tau = checks.positive_float(tau, "tau", WHO)
     spread = checks.positive_float(init_spread, "init_spread", WHO)
     mean, std = common.leaf_moments(target, paths, init, WHO)
     shapes = {p: tuple(target.leaves[p].shape) for p in paths}
 
-    def values_and_logits(w0: Array) -> tuple[Array, Array]:
-        """Reference weights f[m] -> (codebook f[K] at the quantiles of w0, soft nearest-value logits f[m, K])."""
-        v = jnp.quantile(w0, (jnp.arange(k, dtype=jnp.float32) + 0.5) / k)
-        s = spread * jnp.std(w0) + 1e-12
-        logits = -jnp.square(w0[:, None] - v[None, :]) / (2.0 * s * s)
-        return v.astype(dtype), (logits - jnp.max(logits, axis=1, keepdims=True)).astype(dtype)
-
     def core_init(key):
-        keys = jax.random.split(key, len(paths))
-        w0 = {p: mean[i] + std[i] * jax.random.normal(keys[i], (math.prod(shapes[p]),), jnp.float32)
-              for i, p in enumerate(paths)}
-        if shared:
-            v, a = values_and_logits(jnp.concatenate([w0[p] for p in paths]))
-            offsets = np.cumsum([0] + [w0[p].shape[0] for p in paths])
-            logits = {p: a[offsets[i]:offsets[i + 1]].reshape(*shapes[p], k) for i, p in enumerate(paths)}
-            values = v
-        else:
-            logits, values = {}, {}
-            for p in paths:
-                v, a = values_and_logits(w0[p])
-                logits[p], values[p] = a.reshape(*shapes[p], k), v
-            values = _paths.nest(values)
+        w0 = _reference_weights(key, paths, shapes, mean, std)
+        init_one = functools.partial(_values_and_logits, k=k, spread=spread, dtype=dtype)
+        logits, values = (_shared_book if shared else _per_leaf_books)(w0, shapes, paths, init_one)
         return {"hyper": {"logits": _paths.nest(logits), "values": values}}
 
     def core_apply(hparams, _, *, tau=None):
         if tau is not None:
             checks.temperature(tau, WHO)
         t = jnp.asarray(default_tau if tau is None else tau, jnp.float32)
-        book = hparams["hyper"]
-        logits = _paths.unnest(book["logits"], paths)
-        values = book["values"] if shared else _paths.unnest(book["values"], paths)
-        out = {}
-        for p in paths:
-            v = values if shared else values[p]
-            probs = jax.nn.softmax(logits[p] / t.astype(logits[p].dtype), axis=-1)    # f[*shape, K], once per call
-            out[p] = (probs @ v).astype(target.leaves[p].dtype)
-        return out
+        return _soft_weights(hparams["hyper"], target, paths, shared, t)
 
     assembled = common.assemble(target, paths, common.Core(core_init, core_apply), common.NoCond(), dtype, WHO)
 
@@ -116,6 +88,69 @@ def codebook(target: TargetSpec, *, num_values: int, cond_dim: None = None, num_
         return assembled.apply(hparams, cond, tau=tau)
 
     return HyperNetwork(assembled.init, apply)
+
+
+def _no_conditioned_form(cond_dim: Any, num_conds: Any) -> None:
+    """codebook is static only: a cond_dim or num_conds raises, saying why and what to use instead."""
+    if cond_dim is not None or num_conds is not None:
+        raise ValueError(f"hyperjax.{WHO}: codebook has no conditioned form (cond_dim={cond_dim!r}, "
+                         f"num_conds={num_conds!r}): soft sharing learns one set of weights, w = softmax(A / tau) "
+                         f". v. Build it with cond_dim=None and num_conds=None; for task-conditioned weights use "
+                         f"dense, chunked, per_layer or low_rank.")
+
+
+def _reference_weights(key: Array, paths: tuple[str, ...], shapes: dict[str, tuple[int, ...]], mean: Any,
+                       std: Any) -> dict[str, Array]:
+    """{path: w0 f32[leaf size]}: one reference weight per slot with its leaf's init mean and std."""
+    keys = jax.random.split(key, len(paths))
+    return {p: mean[i] + std[i] * jax.random.normal(keys[i], (math.prod(shapes[p]),), jnp.float32)
+            for i, p in enumerate(paths)}
+
+
+def _values_and_logits(w0: Array, *, k: int, spread: float, dtype: Any) -> tuple[Array, Array]:
+    """Reference weights f[m] -> (codebook f[K] at the quantiles of w0, soft nearest-value logits f[m, K])."""
+    v = jnp.quantile(w0, (jnp.arange(k, dtype=jnp.float32) + 0.5) / k)
+    s = spread * jnp.std(w0) + 1e-12
+    logits = -jnp.square(w0[:, None] - v[None, :]) / (2.0 * s * s)
+    logits = logits - jnp.max(logits, axis=1, keepdims=True)
+    # the soft choice averages neighbouring values, which shrinks the variance (to ~0.62x at K=16 for the
+    # default spread): an affine map of the values (rows of softmax sum to 1) restores mean and variance
+    soft = jax.nn.softmax(logits, axis=1) @ v
+    gain = jnp.std(w0) / jnp.maximum(jnp.std(soft), 1e-12)
+    v = (v - jnp.mean(soft)) * gain + jnp.mean(w0)
+    return v.astype(dtype), logits.astype(dtype)
+
+
+def _shared_book(w0: dict[str, Array], shapes: dict[str, tuple[int, ...]], paths: tuple[str, ...],
+                 init_one: Any) -> tuple[dict[str, Array], Array]:
+    """One codebook f[K] from all reference weights -> ({path: logits f[*shape, K]}, values f[K])."""
+    v, a = init_one(jnp.concatenate([w0[p] for p in paths]))
+    offsets = np.cumsum([0] + [w0[p].shape[0] for p in paths])
+    k = a.shape[-1]
+    return {p: a[offsets[i]:offsets[i + 1]].reshape(*shapes[p], k) for i, p in enumerate(paths)}, v
+
+
+def _per_leaf_books(w0: dict[str, Array], shapes: dict[str, tuple[int, ...]], paths: tuple[str, ...],
+                    init_one: Any) -> tuple[dict[str, Array], Any]:
+    """One codebook per leaf -> ({path: logits f[*shape, K]}, values nested by path {parts: f[K]})."""
+    logits, values = {}, {}
+    for p in paths:
+        v, a = init_one(w0[p])
+        logits[p], values[p] = a.reshape(*shapes[p], a.shape[-1]), v
+    return logits, _paths.nest(values)
+
+
+def _soft_weights(book: dict[str, Any], target: TargetSpec, paths: tuple[str, ...], shared: bool,
+                  t: Array) -> dict[str, Array]:
+    """{path: softmax(A / t) . v}, cast to the leaf's dtype; the n x K assignment is made once per call."""
+    logits = _paths.unnest(book["logits"], paths)
+    values = book["values"] if shared else _paths.unnest(book["values"], paths)
+    out = {}
+    for p in paths:
+        v = values if shared else values[p]
+        probs = jax.nn.softmax(logits[p] / t.astype(logits[p].dtype), axis=-1)    # f[*shape, K]
+        out[p] = (probs @ v).astype(target.leaves[p].dtype)
+    return out
 
 
 # ---------------------------------------------------------------- regularisers

@@ -15,6 +15,8 @@ from hyperjax._src.generators import common
 from hyperjax._src.spec import TargetSpec
 from hyperjax._src.types import HyperNetwork
 
+_N_CALIBRATION = 16   # unit-norm codes averaged to scale the output layer at init
+
 
 def dense(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int | None = None,
           hidden: int | Sequence[int] = common.DEFAULT_HIDDEN, where: Any = None, init: str = "hyperfan_in",
@@ -33,7 +35,8 @@ def dense(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int | N
       where: glob(s) or `(path, leaf) -> bool` choosing the generated leaves; the others are ordinary
         params in hparams["direct"]. None (default) generates every leaf.
       init: "hyperfan_in" or "hyperfan_out": the output layer's columns for leaf l are drawn with variance
-        Var_l / d_k, so that generated kernels start with variance 1/fan_in (1/fan_out) of their layer.
+        Var_l / d_k and scaled so that this network's last hidden features have unit mean square over 16
+        unit-norm codes, so generated kernels start with variance 1/fan_in (1/fan_out) of their layer.
         Assumes the conditioning vector has unit second moment (true for the learned embeddings).
       activation: between hidden layers.
       z_dim: size of the learned code hparams["embedding"]["code"] of the static form (cond_dim=None).
@@ -57,8 +60,14 @@ def dense(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int | N
     out_mean = common.per_element(target, paths, mean).astype(np.float32)
 
     def core_init(key):
-        return {"hyper": {"mlp": common.mlp_init(key, sizes, dtype, out_std=out_std,
-                                                 out_mean=out_mean if out_mean.any() else 0.0)}}
+        k_mlp, k_cal = jax.random.split(key)
+        mlp = common.mlp_init(k_mlp, sizes, dtype, out_std=out_std, out_mean=out_mean if out_mean.any() else 0.0)
+        if hidden:   # calibrate this network's hidden features: E_c |h(c)|^2 / d_k = 1 over unit codes
+            cal = common.embeddings(k_cal, _N_CALIBRATION, cond.dim, dtype)
+            h = jax.vmap(lambda c: activation(common.mlp_apply(mlp[:-1], c, activation)))(cal)
+            scale = jax.lax.rsqrt(jnp.maximum(jnp.mean(jnp.sum(jnp.square(h), axis=1)) / d_k, 1e-12))
+            mlp[-1]["w"] = mlp[-1]["w"] * scale.astype(dtype)
+        return {"hyper": {"mlp": mlp}}
 
     def core_apply(hparams, c):
         flat = common.mlp_apply(hparams["hyper"]["mlp"], c.astype(dtype), activation)

@@ -110,7 +110,7 @@ def _group_init(key: PRNGKey, members: list[_Leaf], z_dim: int, c_dim: int, d: i
            "b_in": jnp.zeros((in_b, d), dtype),
            "w_out": jax.random.normal(k_out_, (d, k_out), dtype) * jnp.asarray(1.0 / math.sqrt(d), dtype),
            "b_out": jnp.zeros((k_out,), dtype)}
-    return gen, jax.random.normal(k_emb, (n, z_dim), dtype)
+    return gen, common.embeddings(k_emb, n, z_dim, dtype)
 
 
 def _group_apply(g: dict[str, Array], z: Array, c: Array | None, members: list[_Leaf], z_dim: int,
