@@ -79,12 +79,9 @@ def test_bad_rules_name_the_leaf(rule, match):
 
 def test_indivisible_axis_is_an_error():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1), ("data",))
-    # a fake 3-way axis size is not available on one device, so check spec_for's arithmetic directly
-    class FakeMesh:
-        shape = {"data": 3}
-        axis_names = ("data",)
+    # a 3-way axis is not available on one device: an AbstractMesh has the sizes without the devices
     with pytest.raises(ValueError, match=r"leaf 'w' axis of size 4 does not divide over mesh axes 'data' of size 3"):
-        hjs.spec_for("w", (4,), FakeMesh(), [("w", P("data"))])
+        hjs.spec_for("w", (4,), jax.sharding.AbstractMesh((3,), ("data",)), [("w", P("data"))])
     assert hjs.spec_for("w", (4,), mesh, [("w", P("data"))]) == P("data")
 
 
@@ -116,3 +113,77 @@ def test_abstract_with_shardings_for_restore():
     assert abs_tree["w"].sharding.spec == P("data") and abs_tree["w"].shape == (4, 2)
     with pytest.raises(ValueError, match="mesh has no axis 'batch'"):
         hjs.batch_sharding(_mesh(), "batch")
+
+
+# ------------------------------------------------------------------ rules that match no leaf
+TREE = {"hyper": {"mlp": [{"w": np.zeros((4, 2)), "b": np.zeros(2)}]}, "direct": {"bias": np.zeros(3)}}
+AVAILABLE = r"Available paths: direct/bias, hyper/mlp/0/b, hyper/mlp/0/w\."
+
+
+@pytest.mark.parametrize("fn", [hjs.shardings, hjs.place, hjs.abstract_with_shardings],
+                         ids=["shardings", "place", "abstract_with_shardings"])
+def test_a_rule_that_matches_no_leaf_is_an_error(fn):
+    """A misspelt path ("hyper/mlp/1/w" for a one-layer MLP) used to leave the leaf silently replicated."""
+    rules = [("hyper/mlp/0/w", P("data")), ("hyper/mlp/1/w", P(None, "data"))]
+    with pytest.raises(ValueError, match=r"^hyperjax.sharding: rule 'hyper/mlp/1/w' matches no leaf of the tree, so "
+                                         r"it is never applied\. " + AVAILABLE):
+        fn(TREE, _mesh(), rules)
+    with pytest.warns(UserWarning, match=r"^hyperjax.sharding: rule 'hyper/mlp/1/w' matches no leaf"):
+        out = fn(TREE, _mesh(), rules, unmatched="warn")
+    spec_of = (lambda x: x.spec) if fn is hjs.shardings else (lambda x: x.sharding.spec)
+    assert spec_of(out["hyper"]["mlp"][0]["w"]) == P("data")       # the matching rule still applies
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fn(TREE, _mesh(), rules, unmatched="ignore")
+    assert spec_of(out["direct"]["bias"]) == P()
+
+
+def test_every_unmatched_rule_is_named_and_predicates_too():
+    rules = [(["nope/*", "nada"], P("data")), ("*/b", P()), (lambda p, leaf: leaf.ndim == 3, P())]
+    with pytest.raises(ValueError, match=r"rules 'nope/\*', 'nada'; <lambda> match no leaf of the tree, so they are "
+                                         r"never applied\. " + AVAILABLE):
+        hjs.shardings(TREE, _mesh(), rules)
+    with pytest.raises(ValueError, match=r"rule '\*' matches no leaf .* \(none: the tree has no leaves\)"):
+        hjs.shardings({}, _mesh(), [("*", P())])
+    assert hjs.shardings({}, _mesh(), []) == {}
+    # a rule shadowed by an earlier one still matches a leaf: not an error (the first match wins)
+    assert hjs.shardings(TREE, _mesh(), [("*", P()), ("direct/*", P("data"))])["direct"]["bias"].spec == P()
+    # spec_for sees one leaf: a rule for other leaves is normal there
+    assert hjs.spec_for("direct/bias", (3,), _mesh(), [("hyper/*", P("data"))]) == P()
+
+
+@pytest.mark.parametrize("unmatched", ["raise", None, True])
+def test_unknown_unmatched_option(unmatched):
+    with pytest.raises(ValueError, match=r"^hyperjax.sharding: unknown `unmatched`=.*; valid options are 'error', "
+                                         r"'warn', 'ignore'\."):
+        hjs.shardings(TREE, _mesh(), [], unmatched=unmatched)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: hjs.shardings({"w": np.zeros(2)}, "mesh"), TypeError,
+     r"`mesh` must be a jax.sharding.Mesh or AbstractMesh .* got str"),
+    (lambda: hjs.place({"w": np.zeros(2)}, jax.sharding.AbstractMesh((1,), ("data",))), TypeError,
+     r"`mesh` must be a jax.sharding.Mesh \(e.g."),
+    (lambda: hjs.shardings({"w": "abc"}, _mesh()), TypeError,
+     r"leaf 'w' must be an array or a jax.ShapeDtypeStruct, got str"),
+    (lambda: hjs.shardings({"w": np.zeros((2, 2))}, _mesh(), [("w", P("data", "data"))]), ValueError,
+     r"leaf 'w': PartitionSpec\('data', 'data'\) uses mesh axis 'data' for more than one dimension"),
+    (lambda: hjs.spec_for("w", "ab", _mesh(), []), TypeError, r"`shape` of leaf 'w' must be a tuple of ints"),
+    (lambda: hjs.batch_sharding(None), TypeError, r"`mesh` must be a jax.sharding.Mesh"),
+], ids=["mesh-str", "place-abstract-mesh", "str-leaf", "axis-twice", "spec_for-shape", "batch_sharding-mesh"])
+def test_bad_meshes_leaves_and_specs(call, exc, match):
+    """Each used to surface as an AttributeError or a jax DuplicateSpecError far from the argument."""
+    with pytest.raises(exc, match=r"^hyperjax.sharding: " + match):
+        call()
+
+
+def test_python_numbers_and_abstract_meshes():
+    """Python floats are leaves of shape (); an AbstractMesh (no devices) plans shardings, e.g. for 2 x 3 devices,
+    with the divisibility checks of the real layout."""
+    assert hjs.place({"w": 1.0}, _mesh(), [("w", P())])["w"].shape == ()
+    mesh = jax.sharding.AbstractMesh((2, 3), ("data", "model"))
+    tree = {"w": jax.ShapeDtypeStruct((4, 6), np.float32)}
+    assert hjs.abstract_with_shardings(tree, mesh, [("w", P("data", "model"))])["w"].sharding.spec == P("data", "model")
+    with pytest.raises(ValueError, match=r"leaf 'w' axis of size 4 does not divide over mesh axes 'model' of size 3"):
+        hjs.abstract_with_shardings(tree, mesh, [("w", P("model"))])

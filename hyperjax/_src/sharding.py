@@ -3,7 +3,9 @@
 Rules are (glob, PartitionSpec) pairs; the first glob that matches a leaf's path ("hyper/mlp/1/w",
 "direct/Dense_0/kernel") wins (matched by `hyperjax.select`, so `*` crosses '/'; a list of globs or a
 `(path, leaf) -> bool` predicate also works), and unmatched leaves get `default` (replicated). Every sharded axis is
-checked to divide by its mesh axes at build time, naming the leaf, so XLA never pads silently.
+checked to divide by its mesh axes at build time, naming the leaf, so XLA never pads silently. A rule that matches
+no leaf of the tree is an error naming its glob and the available paths (`unmatched="warn"` or `"ignore"` relaxes
+it), so a misspelt path never leaves a large leaf silently replicated.
 
 Meshes with `jax.sharding.AxisType.Auto` axes are supported (XLA propagates shardings through the
 generator); meshes with explicit axes need per-op `out_sharding` annotations the generators do not
@@ -13,17 +15,38 @@ make yet: build them with `jax.make_mesh(shape, names, axis_types=(AxisType.Auto
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from hyperjax._src import paths as _paths
 
 Rules = Sequence[tuple[_paths.Where, PartitionSpec]]
 _WHO = "sharding"
+UNMATCHED = ("error", "warn", "ignore")
+
+
+def _check_mesh(mesh: Any, concrete: bool = False) -> None:
+    """`mesh` must be a `jax.sharding.Mesh` (or, for abstract shardings, an `AbstractMesh`)."""
+    kinds = (Mesh,) if concrete else (Mesh, AbstractMesh)
+    if not isinstance(mesh, kinds):
+        want = "a jax.sharding.Mesh" + ("" if concrete else " or AbstractMesh")
+        raise TypeError(f"hyperjax.{_WHO}: `mesh` must be {want} (e.g. jax.make_mesh((n,), ('data',))), got "
+                        f"{type(mesh).__name__}.")
+
+
+def _leaf_shape(path: str, leaf: Any) -> tuple[int, ...]:
+    """The shape of an array or ShapeDtypeStruct leaf (Python and NumPy numbers are arrays of shape ())."""
+    if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic)) or \
+            (isinstance(leaf, (int, float, complex)) and not isinstance(leaf, bool)):
+        return tuple(np.shape(leaf))
+    raise TypeError(f"hyperjax.{_WHO}: leaf '{path}' must be an array or a jax.ShapeDtypeStruct, got "
+                    f"{type(leaf).__name__}.")
 
 
 def _compile(rules: Rules, default: PartitionSpec) -> list[tuple[_paths.Selector, PartitionSpec]]:
@@ -41,6 +64,28 @@ def _compile(rules: Rules, default: PartitionSpec) -> list[tuple[_paths.Selector
     return out
 
 
+def _check_unmatched(unmatched: Any) -> str:
+    if not isinstance(unmatched, str) or unmatched not in UNMATCHED:
+        raise ValueError(f"hyperjax.{_WHO}: unknown `unmatched`={unmatched!r}; valid options are "
+                         + ", ".join(repr(o) for o in UNMATCHED) + ".")
+    return unmatched
+
+
+def _report_unmatched(rules: Rules, hits: Sequence[bool], available: Sequence[str], unmatched: str) -> None:
+    """Raise (or warn about) the rules whose glob matched no leaf of the tree."""
+    missed = [_paths.describe(rule[0]) for rule, hit in zip(rules, hits) if not hit]
+    if not missed or unmatched == "ignore":
+        return
+    shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
+    what = (f"rule {missed[0]} matches" if len(missed) == 1 else f"rules {'; '.join(missed)} match")
+    message = (f"hyperjax.{_WHO}: {what} no leaf of the tree, so {'it is' if len(missed) == 1 else 'they are'} "
+               f"never applied. Available paths: {shown or '(none: the tree has no leaves)'}. Fix the glob, or "
+               f"pass unmatched='warn' or 'ignore' (e.g. for rules shared between trees).")
+    if unmatched == "error":
+        raise ValueError(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def _axis_size(mesh: Mesh, names: Any) -> int:
     if names is None:
         return 1
@@ -53,13 +98,18 @@ def _checked(path: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh)
     if len(spec) > len(shape):
         raise ValueError(f"hyperjax.sharding: leaf '{path}' has shape {shape} (rank {len(shape)}) but its rule "
                          f"gives PartitionSpec{tuple(spec)} of rank {len(spec)}.")
+    used: set[Any] = set()
     for dim, names in zip(shape, spec):
         if names is None:
             continue
         for n in (names if isinstance(names, tuple) else (names,)):
             if n not in mesh.shape:
                 raise ValueError(f"hyperjax.sharding: leaf '{path}': mesh has no axis {n!r} "
-                                 f"(axes: {', '.join(mesh.axis_names)}).")
+                                 f"(axes: {', '.join(map(str, mesh.axis_names))}).")
+            if n in used:
+                raise ValueError(f"hyperjax.sharding: leaf '{path}': PartitionSpec{tuple(spec)} uses mesh axis "
+                                 f"{n!r} for more than one dimension; each mesh axis shards at most one.")
+            used.add(n)
         size = _axis_size(mesh, names)
         if dim % size:
             raise ValueError(f"hyperjax.sharding: leaf '{path}' axis of size {dim} does not divide over mesh "
@@ -76,57 +126,84 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules: Rules,
              default: PartitionSpec = PartitionSpec()) -> PartitionSpec:
     """The PartitionSpec of one leaf (first matching rule, else `default`), checked against its shape and mesh.
 
-    path: the leaf's path string, e.g. "hyper/mlp/1/w"; shape: its shape.
+    path: the leaf's path string, e.g. "hyper/mlp/1/w"; shape: its shape. A rule that does not match this one
+    leaf is not an error here (the tree-level functions check that every rule matches some leaf).
 
     Raises:
-      TypeError: `rules` is not a sequence of (glob, PartitionSpec) pairs, or `default` is no PartitionSpec.
-      ValueError: the rule's rank exceeds the leaf's, it names an axis the mesh lacks, or a sharded axis does
-        not divide by its mesh axes (naming the leaf).
+      TypeError: `rules` is not a sequence of (glob, PartitionSpec) pairs, `default` is no PartitionSpec, `mesh`
+        is no Mesh / AbstractMesh, or `shape` is not a tuple of ints.
+      ValueError: the rule's rank exceeds the leaf's, it names an axis the mesh lacks or one mesh axis twice,
+        or a sharded axis does not divide by its mesh axes (naming the leaf).
     """
+    _check_mesh(mesh)
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise TypeError(f"hyperjax.{_WHO}: `shape` of leaf '{path}' must be a tuple of ints >= 0, got {shape!r}.")
     leaf = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
     return _checked(path, tuple(shape), _first(_compile(rules, default), path, leaf, default), mesh)
 
 
-def shardings(tree: Any, mesh: Mesh, rules: Rules = (), default: PartitionSpec = PartitionSpec()) -> Any:
+def shardings(tree: Any, mesh: Mesh | AbstractMesh, rules: Rules = (), default: PartitionSpec = PartitionSpec(),
+              *, unmatched: str = "error") -> Any:
     """Pytree of `NamedSharding`, one per leaf of `tree` (arrays or ShapeDtypeStructs), same structure.
 
+    mesh: a `jax.sharding.Mesh` (an `AbstractMesh` also works: shardings without devices, e.g. to plan a
+    layout). unmatched: what a rule that matches no leaf of `tree` does: "error" (default: a ValueError naming
+    its glob and the available paths), "warn" (a UserWarning with the same text) or "ignore".
+
     Raises:
-      TypeError, ValueError: as `spec_for`, for the first leaf whose rule does not fit.
+      TypeError: as `spec_for`; a leaf that is neither an array nor a ShapeDtypeStruct (naming its path).
+      ValueError: as `spec_for`, for the first leaf whose rule does not fit; a rule that matches no leaf
+        (unless unmatched="warn" / "ignore"); an unknown `unmatched`.
     """
+    unmatched = _check_unmatched(unmatched)
+    _check_mesh(mesh)
     compiled = _compile(rules, default)
-
-    def one(kp: Any, leaf: Any) -> NamedSharding:
+    hits = [False] * len(compiled)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    out, available = [], []
+    for kp, leaf in flat:
         path = _paths.path_str(kp)
-        return NamedSharding(mesh, _checked(path, tuple(leaf.shape), _first(compiled, path, leaf, default), mesh))
-    return jax.tree_util.tree_map_with_path(one, tree)
+        available.append(path)
+        shape = _leaf_shape(path, leaf)
+        for i, (sel, _) in enumerate(compiled):
+            if not hits[i] and sel(path, leaf):
+                hits[i] = True
+        out.append(NamedSharding(mesh, _checked(path, shape, _first(compiled, path, leaf, default), mesh)))
+    _report_unmatched(rules, hits, available, unmatched)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def place(tree: Any, mesh: Mesh, rules: Rules = (), default: PartitionSpec = PartitionSpec()) -> Any:
-    """`jax.device_put` every leaf with its rule's sharding.
+def place(tree: Any, mesh: Mesh, rules: Rules = (), default: PartitionSpec = PartitionSpec(), *,
+          unmatched: str = "error") -> Any:
+    """`jax.device_put` every leaf with its rule's sharding (`mesh` must be a concrete `Mesh`).
 
     Raises:
-      TypeError, ValueError: as `shardings`.
+      TypeError, ValueError: as `shardings`; TypeError for an `AbstractMesh` (it has no devices).
     """
-    return jax.device_put(tree, shardings(tree, mesh, rules, default))
+    _check_mesh(mesh, concrete=True)
+    return jax.device_put(tree, shardings(tree, mesh, rules, default, unmatched=unmatched))
 
 
-def abstract_with_shardings(tree: Any, mesh: Mesh, rules: Rules = (),
-                            default: PartitionSpec = PartitionSpec()) -> Any:
+def abstract_with_shardings(tree: Any, mesh: Mesh | AbstractMesh, rules: Rules = (),
+                            default: PartitionSpec = PartitionSpec(), *, unmatched: str = "error") -> Any:
     """ShapeDtypeStructs carrying shardings, e.g. the abstract target for a sharded Orbax restore.
 
     Raises:
       TypeError, ValueError: as `shardings`.
     """
-    sh = shardings(tree, mesh, rules, default)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+    sh = shardings(tree, mesh, rules, default, unmatched=unmatched)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=s), tree, sh)
 
 
 def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
     """Shard the leading (batch) axis over `axis`, e.g. for conds f[B, cond_dim] and inputs f[B, ...].
 
     Raises:
+      TypeError: `mesh` is no Mesh / AbstractMesh.
       ValueError: the mesh has no axis `axis`.
     """
+    _check_mesh(mesh)
     if axis not in mesh.shape:
         raise ValueError(f"hyperjax.sharding: mesh has no axis {axis!r} (axes: {', '.join(mesh.axis_names)}).")
     return NamedSharding(mesh, PartitionSpec(axis))
