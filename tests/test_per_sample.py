@@ -1,5 +1,6 @@
 """hj.per_sample / hj.generate_batch: example i runs with the weights generated from conds[i] (vector conds and
-integer ids, eager and jit, under jax.grad), mismatched batches raise, and the program has no loop over examples."""
+integer ids, eager and jit, under jax.grad), mismatched batches raise, and the program has no loop over examples.
+The default `example_has_batch_axis=None` follows the target's framework (Equinox: unbatched examples)."""
 
 import chex
 import jax
@@ -115,13 +116,112 @@ def test_generate_batch_needs_a_batch_axis(cases):
 
 @pytest.mark.parametrize("name", ["vector-conds", "ids"])
 def test_no_python_loop_over_examples(cases, name):
-    """The traced program has the same equations for 1, 3 and 16 examples: one vmap, not one copy per example."""
+    """The traced program has the same equations for 2, 3 and 16 examples: one vmap, not one copy per example.
+    (A batch of 1 batches the id lookup's gather without one slice, so it is not compared.)"""
     spec, gen, hparams, conds, xs, _ = cases[name]
     fn = hj.per_sample(gen, spec)
     counts = set()
-    for n in (1, 3, 16):
+    for n in (2, 3, 16):
         idx = jnp.arange(n) % B
         closed = jax.make_jaxpr(fn)(hparams, conds[idx], xs[idx])
-        counts.add((str(closed).count("dot_general"), len(closed.jaxpr.eqns)))   # equations, not printed lines
+        # equations, not printed lines; without the generator's one-off trace of its abstract init (a dead
+        # random_seed equation in whichever trace ran it first, which jit caches then reuse)
+        eqns = [e for e in closed.jaxpr.eqns if not e.primitive.name.startswith("random_")]
+        counts.add((str(closed).count("dot_general"), len(eqns)))
     assert len(counts) == 1, counts
     assert next(iter(counts))[0] == 2 + 2            # two generator layers + two target layers
+
+
+# ------------------------------------------------------------------ example_has_batch_axis from the framework
+def _eqx_mlp():
+    import equinox as eqx
+    return eqx.nn.MLP(5, 3, 6, 1, key=jax.random.key(3))
+
+
+def _linen_spec():
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):                  # a Dense works on any leading axes, so both calls would run
+            return nn.Dense(3)(jnp.tanh(nn.Dense(6)(x)))
+    return hj.targets.from_linen(MLP(), jnp.ones((1, 5)))
+
+
+def test_default_batch_axis_follows_the_framework():
+    """Equinox modules take one unbatched example: the default gives them x, not x[None] (which an Equinox
+    Linear rejects); linen gets x[None] and its output loses the axis again. Both equal the Python loop."""
+    eqx_spec = hj.targets.from_equinox(_eqx_mlp())
+    lin_spec = _linen_spec()
+    for spec, has_axis in ((eqx_spec, False), (lin_spec, True)):
+        gen = hj.generators.dense(spec, cond_dim=3, hidden=4)
+        hp = gen.init(jax.random.key(0))
+        got = jax.jit(hj.per_sample(gen, spec))(hp, VEC_CONDS, XS)
+        assert got.shape == (B, 3)
+        np.testing.assert_allclose(got, _loop(spec, gen, hp, VEC_CONDS, XS, has_axis), rtol=1e-5, atol=1e-6)
+        explicit = hj.per_sample(gen, spec, example_has_batch_axis=has_axis)(hp, VEC_CONDS, XS)
+        np.testing.assert_allclose(got, explicit, rtol=1e-6, atol=1e-6)
+    # the old default (True) on the Equinox target fails inside Equinox, far from the cause, and says how it was called
+    gen = hj.generators.dense(eqx_spec, cond_dim=3, hidden=4)
+    with pytest.raises(Exception, match=r"shape|size|dim") as info:
+        hj.per_sample(gen, eqx_spec, example_has_batch_axis=True)(gen.init(jax.random.key(0)), VEC_CONDS, XS)
+    assert any("example_has_batch_axis=True" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_default_batch_axis_of_other_frameworks():
+    from hyperjax._src.per_sample import _default_batch_axis
+    nnx_like = hj.targets.from_fn(_vector_apply, {"w": jnp.zeros((5, 2)), "b": jnp.zeros(2)})
+    assert _default_batch_axis(nnx_like) is True                    # from_fn: a batch of one, as before
+    eqx_spec = hj.targets.from_equinox(_eqx_mlp())
+    tied = hj.tie({"a": eqx_spec, "b": eqx_spec}, source="a/layers/0/bias", dest="b/layers/0/bias")
+    assert tied.framework == "equinox+equinox" and _default_batch_axis(tied) is False
+    mixed = hj.tie({"a": eqx_spec, "b": _linen_spec()}, source="a/layers/1/bias", dest="b/Dense_0/bias")
+    gen = hj.generators.dense(mixed, cond_dim=3, hidden=4)
+    with pytest.raises(ValueError, match=r"hyperjax.per_sample: the target mixes frameworks \(equinox\+linen\).*"
+                                         r"pass example_has_batch_axis=True or False"):
+        hj.per_sample(gen, mixed)
+    assert callable(hj.per_sample(gen, mixed, example_has_batch_axis=False))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda gen, spec: hj.per_sample(3, spec), TypeError, r"^hyperjax.per_sample: `hnet` must be a hypernetwork"),
+    (lambda gen, spec: hj.per_sample(gen, spec.abstract_params), TypeError,
+     r"^hyperjax.per_sample: `target` must be a TargetSpec .* got dict"),
+    (lambda gen, spec: hj.per_sample(gen, spec, example_has_batch_axis="yes"), TypeError,
+     r"^hyperjax.per_sample: `example_has_batch_axis` must be True, False or None .* got 'yes'"),
+    (lambda gen, spec: hj.generate_batch(None, {}, jnp.ones((2, 3))), TypeError,
+     r"^hyperjax.generate_batch: `hnet` must be a hypernetwork .* got NoneType"),
+], ids=["hnet", "target", "flag", "generate_batch-hnet"])
+def test_bad_arguments_are_type_errors(cases, call, exc, match):
+    spec, gen, _, _, _, _ = cases["vector-conds"]
+    with pytest.raises(exc, match=match):
+        call(gen, spec)
+
+
+@pytest.mark.parametrize("conds,exc,match", [
+    (None, ValueError, r"`conds` is None, but per-example weights need one cond per example .* call "
+                       r"target.apply\(hnet.apply\(hparams\), xs\)"),
+    ([[1.0, 0.0, 0.0]] * B, TypeError, r"`conds` must be an array f\[B, cond_dim\] .* got list"),
+], ids=["none", "list"])
+def test_conds_must_be_an_array(cases, conds, exc, match):
+    spec, gen, hparams, _, _, _ = cases["vector-conds"]
+    with pytest.raises(exc, match=r"^hyperjax.per_sample: " + match):
+        hj.per_sample(gen, spec)(hparams, conds, XS)
+    with pytest.raises(exc, match=r"^hyperjax.generate_batch: " + match):
+        hj.generate_batch(gen, hparams, conds)
+
+
+@pytest.mark.parametrize("name", ["vector-conds", "ids"])
+def test_empty_batch_gives_empty_outputs(cases, name, maybe_jit):
+    """B = 0 works (vmap over an empty axis fails inside the generator's traced id check): every output leaf has a
+    leading axis of 0, and the generator's trace-time checks still run on the row shape."""
+    spec, gen, hparams, conds, xs, has_axis = cases[name]
+    ys = maybe_jit(hj.per_sample(gen, spec, example_has_batch_axis=has_axis))(hparams, conds[:0], xs[:0])
+    assert ys.shape == (0, 3) and ys.dtype == jnp.float32
+    batch = maybe_jit(lambda hp, c: hj.generate_batch(gen, hp, c))(hparams, conds[:0])
+    want = jax.tree.map(lambda s: jax.ShapeDtypeStruct((0, *s.shape), s.dtype), spec.abstract_params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(batch, want)
+    wrong_row = jnp.zeros((0, 4), jnp.float32) if name == "vector-conds" else jnp.zeros((0, 2), jnp.int32)
+    with pytest.raises(ValueError, match=r"^hyperjax.generators.(dense|chunked): "):
+        hj.generate_batch(gen, hparams, wrong_row)
+
