@@ -70,6 +70,10 @@ class TargetSpec:
       abstract_state: non-parameter state (e.g. batch statistics, ShapeDtypeStructs) when threaded explicitly,
         else None. With state, apply(params, state, *args) returns (output, new_state).
       init_state_fn: `init_state_fn(key) -> state` when abstract_state is set.
+      params: the base weights (concrete arrays in the spec's tree), e.g. a pretrained module's current
+        weights: always for concrete NNX and Equinox modules, for linen and Haiku when given as `params=`;
+        None otherwise. Generators that build on a base (low_rank, scale_modulation, the direct leaves)
+        and a training script can start from them.
 
     Raises (at construction):
       TypeError: a leaf is not a `jax.ShapeDtypeStruct`, or apply_fn / init_fn is neither callable nor None.
@@ -84,6 +88,7 @@ class TargetSpec:
     framework: str = "function"
     abstract_state: Any = None
     init_state_fn: Callable[[PRNGKey], Any] | None = None
+    params: Any = None
 
     def __post_init__(self) -> None:   # validation only: every field is final as given
         who = "hyperjax.TargetSpec"
@@ -104,6 +109,9 @@ class TargetSpec:
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 raise ValueError(f"{who}: leaf '{path}' has dtype {leaf.dtype}; only floating "
                                  f"point parameters can be generated or trained.")
+        if self.params is not None:
+            adapter = "fn" if self.framework == "function" else self.framework
+            check_params(self, self.params, f"targets.from_{adapter}: `params` (the base weights)")
 
     # ---------------------------------------------------------------- structure
     @property
@@ -166,6 +174,13 @@ class TargetSpec:
           ValueError: `params` (or, for a spec with state, `state`) does not match; the spec has no apply_fn.
         """
         check_params(self, params, "TargetSpec.apply")
+        deleted = [p for p, x in _paths.leaves_with_paths(params)
+                   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted()]
+        if deleted:
+            raise ValueError(f"hyperjax.TargetSpec.apply: leaf '{deleted[0]}' is a deleted (donated) buffer. "
+                             f"Params generated from a TrainState share its buffers, and a donating make_step "
+                             f"frees them: regenerate the params from the state the step returned, or build the "
+                             f"step with make_step(..., donate=False).")
         if self.apply_fn is None:
             raise ValueError("hyperjax.TargetSpec.apply: this spec describes a parameter tree and has no apply "
                              "function; build it with spec_from_params(apply_fn, params).")
@@ -344,21 +359,22 @@ def leaves_and_treedef(abstract_params: Any) -> tuple[Mapping[str, jax.ShapeDtyp
 def spec_from_params(apply_fn: Callable[..., Any] | None, example_params: Any, *,
                      init_fn: Callable[[PRNGKey], Params] | None = None, layout: str = "in_out",
                      framework: str = "function", abstract_state: Any = None,
-                     init_state_fn: Callable[[PRNGKey], Any] | None = None) -> TargetSpec:
+                     init_state_fn: Callable[[PRNGKey], Any] | None = None, params: Any = None) -> TargetSpec:
     """The one way a TargetSpec is built: from `apply_fn(params, *args)` and example params (arrays or
     ShapeDtypeStructs, only their shapes and dtypes are kept).
 
     Without `init_fn`, `init(key)` draws LeCun-normal kernels and PyTorch-style uniform vectors
-    using `TargetSpec.init_moments`.
+    using `TargetSpec.init_moments`. `params`: base weights kept as `spec.params` (checked against the tree).
 
     Raises:
       TypeError: apply_fn / init_fn not callable.
-      ValueError: two leaves with one path string, no leaves, a non-floating leaf, an unknown layout.
+      ValueError: two leaves with one path string, no leaves, a non-floating leaf, an unknown layout, base
+        params of another tree, shape or dtype.
     """
     leaves, treedef = leaves_and_treedef(example_params)
     return TargetSpec(apply_fn=apply_fn, leaves=leaves, treedef=treedef, init_fn=init_fn, layout=layout,
                       framework=framework, abstract_state=None if abstract_state is None else abstract(abstract_state),
-                      init_state_fn=init_state_fn)
+                      init_state_fn=init_state_fn, params=params)
 
 
 def _moment_init(spec: TargetSpec, key: PRNGKey) -> Params:

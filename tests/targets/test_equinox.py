@@ -58,11 +58,15 @@ def test_abstract_module_and_factory_init(key):
     chex.assert_trees_all_close(spec.apply(params, X), make_mlp(key)(X), rtol=1e-6)
 
 
-def test_init_without_factory_draws_fan_in_moments(spec):
+def test_init_without_factory_is_the_modules_own_init(spec, module):
+    """Equinox initialised the module at construction; without a factory init returns copies of those weights."""
     params = spec.init(jax.random.key(1))
-    chex.assert_trees_all_equal_shapes_and_dtypes(params, spec.zeros())
     spec.check(params)
-    w = params.layers[1].weight
+    own, _ = eqx.partition(module, eqx.is_inexact_array)
+    chex.assert_trees_all_equal(params, own)
+    chex.assert_trees_all_equal(spec.params, own)
+    abstract = hj.targets.from_equinox(eqx.filter_eval_shape(make_mlp, jax.random.key(0)))
+    w = abstract.init(jax.random.key(1)).layers[1].weight          # abstract module: fan-in moments
     assert 0.5 / 7 < float(jnp.var(w)) < 2.0 / 7
 
 

@@ -15,11 +15,6 @@ from hyperjax._src.targets.nnx import from_nnx
 from hyperjax._src.types import Params, PRNGKey
 
 
-def _current_weights(params: Any) -> Callable[[PRNGKey], Params]:
-    """init(key) returning copies of a module's own (already initialised) weights; the key is unused."""
-    return lambda key: jax.tree.map(lambda x: x.copy(), params)
-
-
 def module_spec(module: Any, example_input: jax.ShapeDtypeStruct, who: str
                 ) -> tuple[TargetSpec, Callable[[PRNGKey], Params]]:
     """(spec, init) of a module used as a function of one input f[...]: linen modules are initialised from
@@ -34,13 +29,11 @@ def module_spec(module: Any, example_input: jax.ShapeDtypeStruct, who: str
         spec = from_linen(module, jax.numpy.zeros(example_input.shape, example_input.dtype))
         return spec, spec.init
     if isinstance(module, nnx.Module):
-        weights = nnx.split(module, nnx.Param, ...)[1].to_pure_dict()
-        return from_nnx(module), _current_weights(weights)
+        spec = from_nnx(module)
+        return spec, spec.init          # the module's own weights (copies)
     eqx = sys.modules.get("equinox")
     if eqx is not None and isinstance(module, eqx.Module):
         spec = from_equinox(module)
-        weights, _ = eqx.partition(module, lambda x: isinstance(x, jax.Array) and jax.numpy.issubdtype(
-            x.dtype, jax.numpy.inexact))
-        return spec, _current_weights(weights)
+        return spec, spec.init
     raise TypeError(f"hyperjax.{who}: `module` must be a flax.linen.Module, a flax.nnx.Module, an equinox.Module "
                     f"or a TargetSpec, got {type(module).__name__}.")

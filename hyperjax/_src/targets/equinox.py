@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from hyperjax._src import checks
 from hyperjax._src.spec import spec_from_params, TargetSpec
+from hyperjax._src.targets.nnx import current_weights
 
 
 def _is_float_leaf(x: Any) -> bool:
@@ -22,7 +23,15 @@ def from_equinox(module: Any, *, factory: Callable[[jax.Array], Any] | None = No
     `module` may also be an abstract module from `eqx.filter_eval_shape(Model, key=...)`: nothing
     is allocated. Params keep the module's own pytree type; paths look like 'layers/0/weight'.
     Kernels are (out, in, ...) ("out_in" layout). Modules holding `eqx.nn.State` (BatchNorm) raise.
-    `init(key)` calls `factory(key)` when given, else draws from `TargetSpec.init_moments`.
+    `spec.params` holds the module's current (e.g. pretrained) weights. `init(key)` is Equinox's own
+    initialisation: `factory(key)` when given (e.g. `lambda key: eqx.nn.MLP(..., key=key)`); without one it
+    returns copies of the weights the module was built with (the key is unused); an abstract module without
+    a factory draws from `TargetSpec.init_moments`.
+
+    Raises:
+      ImportError: equinox is not installed (names the extra).
+      TypeError: `module` is not an equinox.Module.
+      ValueError: the module holds eqx.nn.State.
     """
     try:
         import equinox as eqx
@@ -43,9 +52,14 @@ def from_equinox(module: Any, *, factory: Callable[[jax.Array], Any] | None = No
     def apply_fn(p: Any, *args: Any, **kwargs: Any) -> Any:
         return eqx.combine(p, static)(*args, **kwargs)
 
-    init_fn = None
+    if factory is not None and not callable(factory):
+        raise TypeError(f"hyperjax.from_equinox: `factory` must be callable (key -> a new module) or None, got "
+                        f"{type(factory).__name__}.")
+    concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
+    init_fn = current_weights(params) if concrete else None
     if factory is not None:
         def init_fn(key):
             return eqx.partition(factory(key), _is_float_leaf)[0]
 
-    return spec_from_params(apply_fn, params, init_fn=init_fn, layout="out_in", framework="equinox")
+    return spec_from_params(apply_fn, params, init_fn=init_fn, layout="out_in", framework="equinox",
+                            params=params if concrete else None)

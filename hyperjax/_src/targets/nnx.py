@@ -19,8 +19,15 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
     (e.g. `nnx.BatchStat`) raises. RNG streams stored in the module (e.g. `nnx.Dropout(rngs=...)`) are
     frozen at their build-time value, so apply is pure and every call draws the same keys; pass fresh ones
     per call, e.g. `spec.apply(params, x, rngs=nnx.Rngs(key))` when the module forwards `rngs`, or call
-    with `deterministic=True`. `init(key)` calls `factory(nnx.Rngs(key))` when given, else draws
-    LeCun-normal kernels and small uniform vectors (`TargetSpec.init_moments`).
+    with `deterministic=True`.
+    `spec.params` holds the module's current (e.g. pretrained) weights. `init(key)` is NNX's own
+    initialisation: `factory(nnx.Rngs(key))` when given (a fresh module per key); without a factory NNX
+    cannot re-run it, so init returns copies of the weights the module was built with (the key is unused).
+    An abstract module (`nnx.eval_shape`) without a factory draws from `TargetSpec.init_moments`.
+
+    Raises:
+      TypeError: `module` is not an nnx.Module.
+      ValueError: the module holds non-parameter state other than RNG streams.
     """
     from flax import nnx
 
@@ -44,9 +51,19 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
         # so apply is pure and works under jit (the counters would otherwise leak tracers out of the trace)
         return nnx.merge(graphdef, state, jax.tree.map(lambda x: x, rest))(*args, **kwargs)
 
-    init_fn = None
+    if factory is not None and not callable(factory):
+        raise TypeError(f"hyperjax.from_nnx: `factory` must be callable (key -> a new module) or None, got "
+                        f"{type(factory).__name__}.")
+    concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(template))
+    init_fn = current_weights(template) if concrete else None
     if factory is not None:
         def init_fn(key):
             return nnx.split(factory(nnx.Rngs(key)), nnx.Param, ...)[1].to_pure_dict()
 
-    return spec_from_params(apply_fn, template, init_fn=init_fn, layout="in_out", framework="nnx")
+    return spec_from_params(apply_fn, template, init_fn=init_fn, layout="in_out", framework="nnx",
+                            params=template if concrete else None)
+
+
+def current_weights(weights: Any) -> Callable[[Any], Any]:
+    """init(key) returning copies of a module's own (already initialised) weights; the key is unused."""
+    return lambda key: jax.tree.map(lambda x: x.copy(), weights)
