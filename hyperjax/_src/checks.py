@@ -2,11 +2,18 @@
 
 Shapes and dtypes are static under `jit`, so these checks are plain Python and cost nothing
 in the compiled program. Each names the leaf path or option, the expected and the actual value.
+
+One rule for the exception class: `TypeError` when an argument has the wrong type (a float or bool where an
+int option is expected, a floating `cond` where an integer id is expected, an integer `cond` vector, a
+non-floating embedding or temperature, a non-callable), `ValueError` when it has the right type but a wrong
+value (a size <= 0, an unknown option, a wrong shape, an id out of range, a params tree whose paths, shapes or
+dtypes differ from the target's: the tree is checked as one value against the spec, as `jax.tree` does).
+Every message starts with the public name, "hyperjax.<namespace>.<name>: ", and names paths, never a treedef.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,21 +27,46 @@ def _fmt(shape: Sequence[int], dtype: Any) -> str:
     return f"{tuple(shape)} {jnp.dtype(dtype).name}"
 
 
+def _dtype(value: Any, what: str, who: str) -> Any:
+    """The dtype of an array-like `value`; a TypeError naming `what` for anything else (a string, a dict)."""
+    try:
+        return jnp.result_type(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"hyperjax.{who}: {what} must be an array or a number, got {type(value).__name__}.") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def positive_int(value: Any, option: str, who: str) -> int:
-    """`value` must be a Python int > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    """`value` must be a Python (or NumPy) int > 0.
+
+    Raises:
+      TypeError: not an int (a float such as 2.5 or 2.0, a bool, None, an array).
+      ValueError: an int <= 0.
+    """
+    if not _is_int(value):
+        raise TypeError(f"hyperjax.{who}: `{option}` must be a positive int, got {value!r} "
+                        f"({type(value).__name__}).")
+    if value <= 0:
         raise ValueError(f"hyperjax.{who}: `{option}` must be a positive int, got {value!r}.")
     return int(value)
 
 
 def positive_ints(values: Any, option: str, who: str) -> tuple[int, ...]:
-    """A sequence of positive ints (e.g. hidden widths); an int is taken as one width."""
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+    """A sequence of positive ints (e.g. hidden widths); an int is taken as one width.
+
+    Raises:
+      TypeError: not an int or a sequence of ints (None, a string, a float width).
+      ValueError: a width <= 0.
+    """
+    if _is_int(values):
         values = (values,)
-    try:
-        values = tuple(values)
-    except TypeError:
-        raise ValueError(f"hyperjax.{who}: `{option}` must be a sequence of positive ints, got {values!r}.")
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f"hyperjax.{who}: `{option}` must be a sequence of positive ints, got {values!r} "
+                        f"({type(values).__name__}).")
+    values = tuple(values)
     for v in values:
         positive_int(v, option, who)
     return tuple(int(v) for v in values)
@@ -49,8 +81,8 @@ def one_of(value: Any, options: Sequence[Any], option: str, who: str) -> Any:
 
 def cond_vector(cond: Any, cond_dim: int, who: str) -> None:
     """A conditioning vector must be f[cond_dim]: no silent broadcasting of a batch or a scalar."""
+    dtype = _dtype(cond, "conditioning input `cond`", who)
     shape = tuple(jnp.shape(cond))
-    dtype = jnp.result_type(cond)
     if shape != (cond_dim,):
         hint = ""
         if len(shape) == 2 and shape[-1] == cond_dim:
@@ -67,11 +99,16 @@ def cond_vector(cond: Any, cond_dim: int, who: str) -> None:
 
 
 def cond_index(cond: Any, num_conds: int, who: str) -> None:
-    """An id conditioning input must be an integer scalar (shape ())."""
+    """An id conditioning input must be an integer scalar (shape ()) in [0, num_conds) when concrete.
+
+    Raises:
+      ValueError: a shape other than () (a vector, a batch of ids), or a concrete id out of range.
+      TypeError: a scalar that is not an integer (a float or bool id).
+    """
+    dtype = _dtype(cond, "conditioning input `cond`", who)
     shape = tuple(jnp.shape(cond))
-    dtype = jnp.result_type(cond)
     if shape != () or not jnp.issubdtype(dtype, jnp.integer):
-        raise ValueError(f"hyperjax.{who}: this generator was built with num_conds={num_conds}, so `cond` "
+        raise (ValueError if shape != () else TypeError)(f"hyperjax.{who}: this generator was built with num_conds={num_conds}, so `cond` "
                          f"must be an integer id of shape (), got shape {shape} dtype {dtype}. "
                          f"For per-example ids use jax.vmap over a batch of ids.")
     if not isinstance(cond, jax.core.Tracer):
@@ -108,19 +145,44 @@ def tree_matches(params: Any, leaves: Mapping[str, jax.ShapeDtypeStruct], treede
         raise ValueError(f"hyperjax.{who}: {what} tree does not match the target ({'; '.join(parts)}).{hint}")
     got_def = jax.tree_util.tree_structure(params)
     if got_def != treedef:
+        want = jax.tree_util.tree_unflatten(treedef, [0] * treedef.num_leaves)
+        node, got_node, want_node = _first_container_difference(params, want)
+        where = f"at '{node}'" if node else "at the root"
         raise ValueError(f"hyperjax.{who}: {what} tree has the target's leaf paths but different containers "
-                         f"(e.g. a list where a tuple or a module was expected): got {got_def}, "
-                         f"expected {treedef}.{hint}")
+                         f"{where}: got {_container(got_node, want_node)}, expected "
+                         f"{_container(want_node, got_node)}.{hint}")
     for (path, leaf) in got:
         want = leaves[path]
-        shape, dtype = tuple(jnp.shape(leaf)), jnp.result_type(leaf)
+        shape, dtype = tuple(jnp.shape(leaf)), _dtype(leaf, f"leaf '{path}'", who)
         if shape != tuple(want.shape) or dtype != want.dtype:
             raise ValueError(f"hyperjax.{who}: leaf '{path}' expected {_fmt(want.shape, want.dtype)}, "
                              f"got {_fmt(shape, dtype)}.{hint}")
 
 
+def _first_container_difference(a: Any, b: Any, prefix: tuple = ()) -> tuple[str, Any, Any]:
+    """(path, node of a, node of b) of the first container whose own type or keys differ, level by level."""
+    level_a = jax.tree_util.tree_structure(a, is_leaf=lambda x: x is not a)
+    level_b = jax.tree_util.tree_structure(b, is_leaf=lambda x: x is not b)
+    if level_a == level_b:
+        kids_a = jax.tree_util.tree_flatten_with_path(a, is_leaf=lambda x: x is not a)[0]
+        kids_b = jax.tree_util.tree_flatten(b, is_leaf=lambda x: x is not b)[0]
+        for (kp, x), y in zip(kids_a, kids_b):
+            if jax.tree_util.tree_structure(x) != jax.tree_util.tree_structure(y):
+                return _first_container_difference(x, y, prefix + tuple(kp))
+    return _paths.path_str(prefix), a, b
+
+
+def _container(node: Any, other: Any) -> str:
+    """'list', 'tuple', 'Pair', 'None' ...; the keys too when both nodes are dicts (keys 0 and '0' differ)."""
+    if node is None:
+        return "None"
+    if isinstance(node, Mapping) and isinstance(other, Mapping) and type(node) is type(other):
+        return f"{type(node).__name__} with keys {sorted(node, key=repr)!r}"
+    return type(node).__name__
+
+
 def leaf_like(path: str, value: Any, want: jax.ShapeDtypeStruct, who: str) -> None:
-    shape, dtype = tuple(jnp.shape(value)), jnp.result_type(value)
+    shape, dtype = tuple(jnp.shape(value)), _dtype(value, f"leaf '{path}'", who)
     if shape != tuple(want.shape) or dtype != want.dtype:
         raise ValueError(f"hyperjax.{who}: leaf '{path}' expected {_fmt(want.shape, want.dtype)}, "
                          f"got {_fmt(shape, dtype)}.")
@@ -138,10 +200,16 @@ def unsupported_state(collections: Sequence[str], who: str, fix: str) -> ValueEr
 
 # ---------------------------------------------------------------- structured generators (rowwise, codebook)
 def positive_float(value: Any, option: str, who: str) -> float:
-    """`value` must be a finite Python/NumPy number > 0 (e.g. a temperature)."""
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-          and np.isfinite(value) and value > 0)
-    if not ok:
+    """`value` must be a finite Python/NumPy number > 0 (e.g. a temperature).
+
+    Raises:
+      TypeError: not a real number (a bool, a string, None, an array).
+      ValueError: a number <= 0, NaN or infinite.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"hyperjax.{who}: `{option}` must be a positive finite number, got {value!r} "
+                        f"({type(value).__name__}).")
+    if not (np.isfinite(value) and value > 0):
         raise ValueError(f"hyperjax.{who}: `{option}` must be a positive finite number, got {value!r}.")
     return float(value)
 
@@ -171,10 +239,12 @@ def feature_count(option: str, got: int, path: str, shape: Sequence[int], axis: 
 
 def feature_emb(value: Any, shape: Sequence[int], who: str, option: str = "feature_emb") -> None:
     """Fixed feature embeddings must be a floating f[D, E] of exactly `shape`."""
-    got, dtype = tuple(jnp.shape(value)), jnp.result_type(value)
+    dtype = _dtype(value, f"`{option}`", who)
+    got = tuple(jnp.shape(value))
     if got != tuple(shape) or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"hyperjax.{who}: `{option}` must be a floating array of shape {tuple(shape)} "
-                         f"(D features x emb_dim), got {got} {dtype}.")
+        raise (ValueError if got != tuple(shape) else TypeError)(
+            f"hyperjax.{who}: `{option}` must be a floating array of shape {tuple(shape)} "
+            f"(D features x emb_dim), got {got} {dtype}.")
 
 
 def exclusive(options: Mapping[str, Any], who: str, fix: str) -> None:
@@ -188,7 +258,10 @@ def exclusive(options: Mapping[str, Any], who: str, fix: str) -> None:
 
 def temperature(tau: Any, who: str) -> None:
     """A temperature passed at apply time: a floating scalar, > 0 when concrete."""
-    shape, dtype = tuple(jnp.shape(tau)), jnp.result_type(tau)
+    if isinstance(tau, (bool, np.bool_)):
+        raise TypeError(f"hyperjax.{who}: the temperature `tau` must be a floating scalar, got {tau!r}.")
+    dtype = _dtype(tau, "the temperature `tau`", who)
+    shape = tuple(jnp.shape(tau))
     if shape != () or not jnp.issubdtype(dtype, jnp.floating):
         raise (ValueError if shape != () else TypeError)(f"hyperjax.{who}: the temperature `tau` must be a floating scalar of "
                          f"shape (), got shape {shape} dtype {dtype}. Pass e.g. tau=jnp.float32(0.5), or None "
@@ -207,7 +280,10 @@ def no_cond(cond: Any, who: str) -> None:
 
 def hparams_entry(hparams: Any, key: str, who: str, made_by: str) -> Any:
     """hparams[key], or a clear error naming the generator that makes it."""
-    if not isinstance(hparams, Mapping) or key not in hparams:
+    if not isinstance(hparams, Mapping):
+        raise TypeError(f"hyperjax.{who}: hparams must be a dict with a {key!r} entry, got "
+                        f"{type(hparams).__name__}; pass the hparams made by {made_by}(...).init(key).")
+    if key not in hparams:
         raise ValueError(f"hyperjax.{who}: hparams has no {key!r} entry; pass the hparams made by "
                          f"{made_by}(...).init(key).")
     return hparams[key]
@@ -215,9 +291,11 @@ def hparams_entry(hparams: Any, key: str, who: str, made_by: str) -> Any:
 
 def emb_matrix(shape: Sequence[int], dtype: Any, who: str, option: str = "feature_emb") -> None:
     """Embeddings given to a factory must be a floating 2-D f[D, E] with E > 0."""
-    if len(shape) != 2 or shape[1] == 0 or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"hyperjax.{who}: `{option}` must be a floating 2-D array f[D, E] (one embedding row "
-                         f"per input feature), got shape {tuple(shape)} dtype {jnp.dtype(dtype).name}.")
+    bad_shape = len(shape) != 2 or shape[1] == 0
+    if bad_shape or not jnp.issubdtype(dtype, jnp.floating):
+        raise (ValueError if bad_shape else TypeError)(
+            f"hyperjax.{who}: `{option}` must be a floating 2-D array f[D, E] (one embedding row "
+            f"per input feature), got shape {tuple(shape)} dtype {jnp.dtype(dtype).name}.")
 
 
 # ---------------------------------------------------------------- per_layer, low_rank, scale_modulation
@@ -284,3 +362,24 @@ def decoder_features(path: str, shape: Sequence[int], axis: int, d: int, enc_pat
         raise ValueError(f"hyperjax.{who}: `decoder` leaf '{path}' {tuple(shape)} must have D={d} features (one per "
                          f"row of '{enc_path}') along axis {axis}, got {shape[axis]}. The decoder maps the hidden "
                          f"layer back to the inputs: (H_dec, D) for in_out targets, (D, H_dec) for out_in.")
+
+
+# ---------------------------------------------------------------- pytrees of arrays given by the user
+def array_leaves(tree: Any, what: str, who: str) -> None:
+    """Every leaf of `tree` must be an array, a `jax.ShapeDtypeStruct` or a Python / NumPy number, and the tree
+    must flatten (dict keys of one sortable type).
+
+    Raises:
+      TypeError: naming `what` when JAX cannot flatten the tree (e.g. keys 0 and 'a' in one dict), or the path
+        of the first leaf of another kind (a string, an object).
+    """
+    try:
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"hyperjax.{who}: `{what}` is not a pytree JAX can flatten ({e}); give each dict keys of "
+                        f"one type, e.g. all str.") from None
+    for key_path, leaf in flat:
+        if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, int, float, complex)):
+            continue
+        raise TypeError(f"hyperjax.{who}: leaf '{_paths.path_str(key_path)}' of `{what}` must be an array, a "
+                        f"jax.ShapeDtypeStruct or a number, got {type(leaf).__name__}.")

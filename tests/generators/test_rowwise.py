@@ -288,30 +288,30 @@ def test_shapes_and_param_count_property(d, h, e, hidden, learned):
 
 # ---------------------------------------------------------------- errors
 ERRORS = [
-    ({"where": "*/kernel", "feature_emb": "E"}, r"must select exactly one leaf .* matched 3: dec/kernel, enc/kernel, out/kernel"),
-    ({"where": "enc/bias", "feature_emb": "E"}, r"leaf 'enc/bias' has shape \(5,\), but rowwise needs a 2-D kernel"),
-    ({"where": "enc/kernel", "feature_emb": "E9"}, r"`feature_emb` gives 9 features but leaf 'enc/kernel' \(12, 5\) has D=12"),
-    ({"where": "enc/kernel", "feature_emb": "E1d"}, r"`feature_emb` must be a floating 2-D array f\[D, E\].*got shape \(12,\)"),
-    ({"where": "enc/kernel", "feature_emb": "Eint"}, r"`feature_emb` must be a floating 2-D array.*int32"),
-    ({"where": "enc/kernel", "feature_emb": "E", "emb_dim": 3}, r"exactly one of `feature_emb` or `emb_dim`, got `feature_emb`, `emb_dim`"),
-    ({"where": "enc/kernel"}, r"exactly one of `feature_emb` or `emb_dim`, got neither"),
-    ({"where": "enc/kernel", "emb_dim": 0}, r"`emb_dim` must be a positive int, got 0"),
-    ({"where": "enc/kernel", "emb_dim": 3, "num_features": 11}, r"`num_features` gives 11 features but leaf 'enc/kernel'"),
-    ({"where": "enc/kernel", "emb_dim": 3, "num_conds": 4}, r"`num_conds` needs `cond_dim`"),
-    ({"where": "enc/kernel", "emb_dim": 3, "hidden": (4, 0)}, r"`hidden` must be a positive int, got 0"),
-    ({"where": "enc/kernel", "emb_dim": 3, "init": "xavier"}, r"unknown `init`='xavier'; valid options are 'hyperfan_in', 'hyperfan_out'"),
-    ({"where": "enc/kernel", "emb_dim": 3, "decoder": "out/kernel"}, r"`decoder` leaf 'out/kernel' \(5, 3\) must have D=12 features \(one per row of 'enc/kernel'\) along axis 1, got 3"),
-    ({"where": "enc/kernel", "emb_dim": 3, "decoder": "enc/kernel"}, r"`decoder` and `where` both select 'enc/kernel'"),
-    ({"where": "enc/kernel", "emb_dim": 3, "decoder": "nope/*"}, r"`where`='nope/\*' matches no leaf"),
-    ({"where": "Dense_9/kernel", "emb_dim": 3}, r"matches no leaf of the target. Available paths: dec/kernel, enc/bias"),
+    ({"where": "*/kernel", "feature_emb": "E"}, ValueError, r"must select exactly one leaf .* matched 3: dec/kernel, enc/kernel, out/kernel"),
+    ({"where": "enc/bias", "feature_emb": "E"}, ValueError, r"leaf 'enc/bias' has shape \(5,\), but rowwise needs a 2-D kernel"),
+    ({"where": "enc/kernel", "feature_emb": "E9"}, ValueError, r"`feature_emb` gives 9 features but leaf 'enc/kernel' \(12, 5\) has D=12"),
+    ({"where": "enc/kernel", "feature_emb": "E1d"}, ValueError, r"`feature_emb` must be a floating 2-D array f\[D, E\].*got shape \(12,\)"),
+    ({"where": "enc/kernel", "feature_emb": "Eint"}, TypeError, r"`feature_emb` must be a floating 2-D array.*int32"),
+    ({"where": "enc/kernel", "feature_emb": "E", "emb_dim": 3}, ValueError, r"exactly one of `feature_emb` or `emb_dim`, got `feature_emb`, `emb_dim`"),
+    ({"where": "enc/kernel"}, ValueError, r"exactly one of `feature_emb` or `emb_dim`, got neither"),
+    ({"where": "enc/kernel", "emb_dim": 0}, ValueError, r"`emb_dim` must be a positive int, got 0"),
+    ({"where": "enc/kernel", "emb_dim": 3, "num_features": 11}, ValueError, r"`num_features` gives 11 features but leaf 'enc/kernel'"),
+    ({"where": "enc/kernel", "emb_dim": 3, "num_conds": 4}, ValueError, r"`num_conds` needs `cond_dim`"),
+    ({"where": "enc/kernel", "emb_dim": 3, "hidden": (4, 0)}, ValueError, r"`hidden` must be a positive int, got 0"),
+    ({"where": "enc/kernel", "emb_dim": 3, "init": "xavier"}, ValueError, r"unknown `init`='xavier'; valid options are 'hyperfan_in', 'hyperfan_out'"),
+    ({"where": "enc/kernel", "emb_dim": 3, "decoder": "out/kernel"}, ValueError, r"`decoder` leaf 'out/kernel' \(5, 3\) must have D=12 features \(one per row of 'enc/kernel'\) along axis 1, got 3"),
+    ({"where": "enc/kernel", "emb_dim": 3, "decoder": "enc/kernel"}, ValueError, r"`decoder` and `where` both select 'enc/kernel'"),
+    ({"where": "enc/kernel", "emb_dim": 3, "decoder": "nope/*"}, ValueError, r"`where`='nope/\*' matches no leaf"),
+    ({"where": "Dense_9/kernel", "emb_dim": 3}, ValueError, r"matches no leaf of the target. Available paths: dec/kernel, enc/bias"),
 ]
 
 
-@pytest.mark.parametrize("kwargs,match", ERRORS)
-def test_bad_options_raise_naming_the_leaf_or_option(kwargs, match, spec, emb):
+@pytest.mark.parametrize("kwargs,exc,match", ERRORS)
+def test_bad_options_raise_naming_the_leaf_or_option(kwargs, exc, match, spec, emb):
     values = {"E": emb, "E9": emb[:9], "E1d": emb[:, 0], "Eint": jnp.ones((D, E), jnp.int32)}
     kwargs = {k: values.get(v, v) if isinstance(v, str) and k == "feature_emb" else v for k, v in kwargs.items()}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(exc, match=r"^hyperjax.generators.rowwise: .*" + match):
         hj.generators.rowwise(spec, **kwargs)
 
 
