@@ -384,3 +384,81 @@ def test_restore_follows_abstract_shardings(tmp_path):
         plain, _ = hj.checkpoint.restore(mgr, {"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
     assert back["w"].sharding == sharding and isinstance(plain["w"], jax.Array)
     np.testing.assert_array_equal(back["w"], np.arange(4.0, dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------------------ export of a tied spec
+def test_export_with_target_writes_every_leaf_of_a_tied_model(tmp_path, key):
+    """A tied spec's params hold only the free leaves; target=tied exports the whole model for plain Orbax."""
+    ns = _ns()
+    spec = hj.targets.from_linen(ns["AE"](3), jnp.ones((1, 6)))
+    tied = hj.tie(spec, source="enc/kernel", dest="dec/kernel", fn=jnp.transpose)
+    hnet = hj.generators.dense(tied, cond_dim=4, hidden=8)
+    free = hnet.apply(hnet.init(key), jnp.ones(4))
+    assert "kernel" not in free["dec"]
+    partial = ocp.StandardCheckpointer().restore(hj.checkpoint.export(tmp_path / "free", free))
+    assert "kernel" not in partial["dec"]                       # without target=: only the free leaves
+    path = hj.checkpoint.export(tmp_path / "full", free, target=tied)
+    loaded = ocp.StandardCheckpointer().restore(path)          # orbax alone, no hyperjax
+    assert sorted(leaves_with_paths(loaded)[i][0] for i in range(len(spec.paths))) == sorted(spec.paths)
+    np.testing.assert_array_equal(loaded["dec"]["kernel"], np.asarray(free["enc"]["kernel"]).T)
+    x = jax.random.normal(key, (4, 6))
+    np.testing.assert_array_equal(spec.apply(jax.tree.map(jnp.asarray, loaded), x), tied.apply(free, x))
+    chex.assert_trees_all_equal(hj.checkpoint.load_export(path, tied), free)       # back to the free leaves
+    chex.assert_trees_all_equal(hj.checkpoint.load_export(path, spec), tied.expand(free))
+    chex.assert_trees_all_equal(hj.checkpoint.load_export(tmp_path / "free", tied), free)
+    hj.checkpoint.export(tmp_path / "plain", tied.expand(free), target=spec)        # any spec: checked only
+    with pytest.raises(ValueError, match=r"^hyperjax.checkpoint.export: params tree does not match the target "
+                                         r"\(unexpected: dec/kernel\)"):
+        hj.checkpoint.export(tmp_path / "bad", tied.expand(free), target=tied)
+    with pytest.raises(TypeError, match=r"`target` must be the TargetSpec the params are for .* got dict"):
+        hj.checkpoint.export(tmp_path / "bad", free, target={"enc": 1})
+
+
+# ------------------------------------------------------------------------------------------------ donation
+def test_donated_arrays_are_named_by_export_and_save(tmp_path):
+    """Generated params share arrays with the state (a direct leaf is the same object); a donating step
+    deletes them, and export/save say so naming the leaf instead of a raw deleted-buffer error."""
+    spec = hj.testing.mlp_spec()
+    tied = hj.tie(spec, source="Dense_0/bias", dest="Dense_1/bias", fn=lambda b: b[:3])
+    opt = optax.adam(1e-3)
+    loss = lambda hn, t=spec: (lambda hp, b, r: jnp.mean(t.apply(hn.apply(hp, jnp.ones(3)), b) ** 2))   # noqa: E731
+    hnet = hj.generators.partial(hj.generators.dense, spec, where="*/kernel", cond_dim=3, hidden=4)
+    state = hj.training.init_state(hnet.init(jax.random.key(0)), opt)
+    params = hnet.apply(state.params, jnp.ones(3))
+    assert params["Dense_0"]["bias"] is state.params["direct"]["Dense_0"]["bias"]   # the alias
+    new, _ = hj.training.make_step(loss(hnet), opt)(state, jnp.ones((2, 5)))
+    donation = (r"has been deleted: its buffer was donated to a jitted step\. hj.training.make_step donates its "
+                r"input state .* hnet.apply\(state.params, cond\)\), or build the step with "
+                r"make_step\(\.\.\., donate=False\)\.$")
+    with pytest.raises(ValueError, match=r"^hyperjax.checkpoint.export: leaf 'Dense_0/bias' of the params " + donation):
+        hj.checkpoint.export(tmp_path / "x", params)
+    with hj.checkpoint.manager(tmp_path / "ckpt", async_save=False) as mgr:
+        with pytest.raises(ValueError, match=r"^hyperjax.checkpoint.save: leaf 'step' of the state " + donation):
+            hj.checkpoint.save(mgr, 1, state)
+        assert mgr.all_steps() == []
+        hj.checkpoint.save(mgr, 1, new)                                              # the returned state is fine
+    hj.checkpoint.export(tmp_path / "x", hnet.apply(new.params, jnp.ones(3)))       # regenerated params are fine
+    tnet = hj.generators.partial(hj.generators.dense, tied, where="*/kernel", cond_dim=3, hidden=4)
+    st = hj.training.init_state(tnet.init(jax.random.key(0)), opt)
+    free = tnet.apply(st.params, jnp.ones(3))
+    hj.training.make_step(loss(tnet, tied), opt)(st, jnp.ones((2, 5)))
+    with pytest.raises(ValueError, match=r"^hyperjax.checkpoint.export: leaf 'Dense_0/bias' of the params " + donation):
+        hj.checkpoint.export(tmp_path / "t", free, target=tied)                     # found before expand runs
+    kept = hj.training.init_state(hnet.init(jax.random.key(0)), opt)
+    params = hnet.apply(kept.params, jnp.ones(3))
+    hj.training.make_step(loss(hnet), opt, donate=False)(kept, jnp.ones((2, 5)))
+    hj.checkpoint.export(tmp_path / "kept", params)                                 # donate=False keeps them
+
+
+def test_zero_size_leaves_round_trip_and_export_refuses_them(tmp_path):
+    tree = {"w": jnp.arange(3.0), "none": jnp.zeros((0, 4), jnp.bfloat16), "k": jax.random.key(0)}
+    with hj.checkpoint.manager(tmp_path / "c", async_save=False) as mgr:
+        hj.checkpoint.save(mgr, 1, tree)
+        back, _ = hj.checkpoint.restore(mgr, jax.eval_shape(lambda: tree))
+        assert back["none"].shape == (0, 4) and back["none"].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(back["w"], tree["w"])
+        with pytest.raises(ValueError, match=r"leaf 'none' is \(0, 4\) bfloat16 in the checkpoint step 1 .* but "
+                                             r"\(0, 5\) bfloat16"):
+            hj.checkpoint.restore(mgr, {**jax.eval_shape(lambda: tree), "none": jax.ShapeDtypeStruct((0, 5), jnp.bfloat16)})
+    with pytest.raises(ValueError, match=r"export: leaf 'none' has zero size \(0, 4\); Orbax cannot store"):
+        hj.checkpoint.export(tmp_path / "e", {"w": tree["w"], "none": tree["none"]})

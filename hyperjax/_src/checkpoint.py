@@ -13,16 +13,24 @@ restore. Restores follow an abstract tree (`jax.eval_shape` of the initial state
 allocated; the saved tree's shapes and dtypes are read first from Orbax's own metadata
 (`CheckpointManager.metadata(step).item_metadata`), and a mismatch names the first differing path.
 
-Orbax writes each step into `<step>.orbax-checkpoint-tmp...` and renames it when complete, so a save that
-is killed leaves the previous steps untouched and no partial step is ever listed or restored.
+Orbax writes each step into `<step>.orbax-checkpoint-tmp...`, writes `commit_success.txt` in it and renames it
+when complete, so a save that is killed leaves the previous steps untouched and no partial step is listed.
+A step damaged on disk afterwards (a deleted or truncated file, a step directory copied without its commit
+marker) is still listed by Orbax: every read checks the step first (`_damage`) and turns Orbax/TensorStore
+read errors into a `DamagedCheckpointError` naming the step and what is wrong; `restore_latest_valid` falls
+back to the newest intact step. Nothing is ever deleted by a read.
+
+Zero-size leaves (legal in targets) cannot be stored by Orbax; `save` records their shapes and dtypes in the
+custom metadata ("empty") and `restore` rebuilds them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hyperjax._src import paths as _paths
+from hyperjax._src.spec import TargetSpec, check_params
 
 FORMAT = "hyperjax.checkpoint/2"   # /1 kept a JSON manifest of the leaves in a "meta" item
 MODES = ("min", "max")
@@ -166,6 +175,19 @@ def _to_json(value: Any, what: str, who: str) -> Any:
     return value
 
 
+def _no_deleted(items: list[tuple[str, Any]], who: str, what: str) -> None:
+    """A donated (deleted) array fails here, naming its path, instead of deep inside Orbax or an expand."""
+    for p, leaf in items:
+        if isinstance(leaf, jax.Array) and leaf.is_deleted():
+            raise ValueError(
+                f"{who}: leaf '{p}' of the {what} has been deleted: its buffer was donated to a jitted step. "
+                f"hj.training.make_step donates its input state (donate=True), and params generated from a state "
+                f"share its arrays (a leaf of hparams['direct'] is the same array in the generated params), so "
+                f"both are invalid once the state is passed to the step. Save or export what the step returned "
+                f"(regenerate the params from the current state: hnet.apply(state.params, cond)), or build the "
+                f"step with make_step(..., donate=False).")
+
+
 # ------------------------------------------------------------------------------------------------ save
 def save(mgr: Manager, step: int, state: Any, *, config: Mapping[str, Any] | None = None,
          metrics: Mapping[str, Any] | None = None, force: bool = False) -> bool:
@@ -173,12 +195,16 @@ def save(mgr: Manager, step: int, state: Any, *, config: Mapping[str, Any] | Non
 
     config: a JSON dict from which your hypernetwork and target can be rebuilt; returned by `restore`.
     metrics: scalars for this step; `best_metric` must be among them when the manager ranks by it.
-    Returns whether a save was started (False when `step` falls between `save_interval_steps`).
-    With async saving the write finishes in the background: `mgr.wait()` blocks until it is committed.
+    Returns whether a save was started (False when `step` falls between `save_interval_steps`, or when
+    `step` is the latest step already on disk). With async saving the write finishes in the background:
+    `mgr.wait()` blocks until it is committed. Zero-size leaves are recorded by shape and dtype.
 
     Raises:
       TypeError: `mgr` is not a hyperjax Manager, `config` is not a JSON dict, a metric is not a number.
-      ValueError: `metrics` lacks the manager's `best_metric`, or two leaves of `state` share a path string.
+      ValueError: `metrics` lacks the manager's `best_metric`; two leaves of `state` share a path string; a
+        leaf was deleted (donated to a training step; the message names it); or `step` is before the latest
+        step on disk (Orbax would skip it silently: after `restore_latest_valid` fell back past damaged
+        steps, set them aside with `set_aside=True`).
     """
     who = "hyperjax.checkpoint.save"
     if not isinstance(mgr, Manager):
@@ -196,16 +222,171 @@ def save(mgr: Manager, step: int, state: Any, *, config: Mapping[str, Any] | Non
         raise ValueError(f"{who}: the manager keeps the best steps by {mgr.best_metric!r}, so `metrics` must "
                          f"contain it; got {sorted(metrics) or 'no metrics'}.")
     items, _ = _flat(state, who)
-    leaves, keys = {}, {}
+    _no_deleted(items, who, "state")
+    latest = mgr.latest_step()
+    if latest is not None and step < latest:
+        later = [s for s in mgr.all_steps() if s > step]
+        raise ValueError(f"{who}: step {step} is before the latest step on disk ({latest}) in {mgr.directory}; "
+                         f"Orbax saves only steps after the latest one, so this save would be skipped silently. "
+                         f"If the run resumed from an earlier step (e.g. restore_latest_valid skipped damaged "
+                         f"steps), move the later step directories {later} out of the way first "
+                         f"(restore_latest_valid(..., set_aside=True) does that for damaged ones).")
+    leaves, keys, empty = {}, {}, {}
     for p, leaf in items:
         if _is_key(leaf):
             keys[p] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
-        leaves[p] = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
-    custom = {"format": FORMAT, "prng_keys": keys, "metrics": metrics, "has_config": config is not None}
+        leaf = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+        if leaf.size == 0:                       # Orbax refuses zero-size arrays; nothing to store but the shape
+            empty[p] = [list(leaf.shape), str(jnp.dtype(leaf.dtype))]
+        else:
+            leaves[p] = leaf
+    custom = {"format": FORMAT, "prng_keys": keys, "metrics": metrics, "has_config": config is not None,
+              "empty": empty}
     args = ocp.args.Composite(state=ocp.args.StandardSave(_paths.nest(leaves)),
                               config=ocp.args.JsonSave(config if config is not None else {}))
     return bool(mgr.orbax.save(step, args=args, metrics=metrics or None, force=force, custom_metadata=custom))
+
+
+# ------------------------------------------------------------------------------------------------ damage
+class DamagedCheckpointError(ValueError):
+    """A listed checkpoint step cannot be read as saved: `step`, `directory` and `reason` (what is wrong)."""
+
+    def __init__(self, message: str, *, directory: str, step: int | None, reason: str):
+        super().__init__(message)
+        self.directory, self.step, self.reason = directory, step, reason
+
+
+class Restored(NamedTuple):
+    """What `restore_latest_valid` returns: the state and config of `step`, and the newer steps it skipped
+    as `((step, reason), ...)`, newest first (empty when the latest step was intact)."""
+
+    state: Any
+    config: dict[str, Any] | None
+    step: int
+    skipped: tuple[tuple[int, str], ...]
+
+
+_COMMIT = "commit_success.txt"            # Orbax writes it last, before the rename (local disks) or instead (GCS)
+_STEP_METADATA = "_CHECKPOINT_METADATA"   # Orbax's step metadata: item handlers, custom metadata
+# Files Orbax 0.12 writes into every step `save` makes: the state's tree metadata (StandardCheckpointHandler),
+# its OCDBT manifest, the config's JSON (JsonCheckpointHandler, file "metadata").
+_REQUIRED = ("state/_METADATA", "state/manifest.ocdbt", "config/metadata")
+_JSON = (_STEP_METADATA, "state/_METADATA", "config/metadata")
+_TS_STATUS = re.compile(r"\b(NOT_FOUND|DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION|INVALID_ARGUMENT|UNKNOWN|"
+                        r"INTERNAL|UNAVAILABLE|PERMISSION_DENIED): ")
+
+
+def _step_dir(mgr: Manager, step: int) -> str:
+    return os.path.join(mgr.directory, str(step))   # the manager uses Orbax's default step names
+
+
+def _damage(step_dir: str) -> str | None:
+    """What is wrong with a listed step directory on disk, read without Orbax (None: nothing found).
+
+    Finds a half-written step (no commit marker), a missing item or metadata file, a zero-length (truncated)
+    file anywhere in the step and metadata that is not JSON. A deleted or truncated array data file is found
+    only when it is read (`_translate`): OCDBT data files are named by content, not by leaf. A step whose
+    metadata names no hyperjax format is left to `_meta` (not written by `save`, so not ours to judge).
+    """
+    def empty_or_json(rel: str) -> tuple[str | None, Any]:
+        full = os.path.join(step_dir, rel)
+        if not os.path.isfile(full):
+            return f"file '{rel}' is missing", None
+        if os.path.getsize(full) == 0:
+            return f"file '{rel}' is empty (0 bytes: truncated)", None
+        try:
+            with open(full, encoding="utf-8") as f:
+                return None, json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            return f"file '{rel}' is not valid JSON (corrupted): {e}", None
+
+    if not os.path.isdir(step_dir):
+        return "its directory is gone"
+    if not os.path.isfile(os.path.join(step_dir, _COMMIT)):
+        return (f"it has no {_COMMIT}, the marker Orbax writes when a step is complete (a half-written step "
+                f"directory, e.g. a copy or sync that did not finish)")
+    problem, step_meta = empty_or_json(_STEP_METADATA)
+    if problem:
+        return problem
+    custom = step_meta.get("custom_metadata") if isinstance(step_meta, dict) else None
+    if not isinstance(custom, dict) or custom.get("format") != FORMAT:
+        return None
+    for item in ("state", "config"):
+        if not os.path.isdir(os.path.join(step_dir, item)):
+            return f"its item directory '{item}/' is missing"
+    for rel in _REQUIRED:
+        if not os.path.isfile(os.path.join(step_dir, rel)):
+            return f"file '{rel}' is missing"
+    empty = []
+    for root, dirs, files in os.walk(step_dir):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if os.path.getsize(full) == 0:
+                empty.append(os.path.relpath(full, step_dir))
+    if empty:
+        more = f" (and {len(empty) - 1} more: {', '.join(empty[1:4])})" if len(empty) > 1 else ""
+        return f"file '{empty[0]}' is empty (0 bytes: truncated){more}"
+    for rel in _JSON[1:]:
+        problem, _ = empty_or_json(rel)
+        if problem:
+            return problem
+    return None
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _translate(e: Exception, step_dir: str, paths: list[str]) -> str | None:
+    """The reason a read of a step failed, when the error chain is a file/TensorStore error (None otherwise).
+
+    Names the leaf being read (TensorStore names arrays by their path parts joined with '.') and a file of the
+    step that is missing.
+    """
+    chain = _chain(e)
+    statuses = [str(x).split(" [tensorstore_spec")[0].strip() for x in chain if _TS_STATUS.search(str(x))]
+    if not statuses:
+        io = next((x for x in chain if isinstance(x, (OSError, json.JSONDecodeError, UnicodeDecodeError))), None)
+        return None if io is None else f"reading it failed: {type(io).__name__}: {io}"
+    text = " ".join(statuses)
+    inner = statuses[-1]
+    code = _TS_STATUS.search(inner).group(1)
+    detail = inner.rsplit('": ', 1)[-1] if '": ' in inner else inner[inner.index(code) + len(code) + 2:]
+    by_name = {p.replace("/", "."): p for p in paths}
+    leaf = next((by_name[k.split("/")[0]] for k in re.findall(r'Error reading "([^"]+)"', text)
+                 if k.split("/")[0] in by_name), None)
+    missing = next((f for f in re.findall(r'local file "([^"]+)"', text)
+                    if os.path.abspath(f).startswith(os.path.abspath(step_dir) + os.sep) and not os.path.exists(f)),
+                   None)
+    reading = f"reading leaf '{leaf}'" if leaf is not None else "reading it"
+    if missing is not None:
+        return (f"file '{os.path.relpath(missing, step_dir)}' is missing ({reading} failed with {code})")
+    hint = "; an array data file under 'state/' is missing, truncated or corrupted" if leaf is not None else ""
+    return f"{reading} failed: {code}: {detail}{hint}"
+
+
+def _damaged(mgr: Manager, step: int, reason: str, who: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(
+        f"{who}: checkpoint step {step} in {mgr.directory} is damaged: {reason}. The step was left on disk as "
+        f"it is; hj.checkpoint.restore_latest_valid(mgr, abstract_state) falls back to the newest intact step "
+        f"(steps on disk: {mgr.all_steps()}).", directory=mgr.directory, step=step, reason=reason)
+
+
+def _read(mgr: Manager, step: int, who: str, paths: list[str], fn: Any) -> Any:
+    """fn() with file and TensorStore errors turned into a DamagedCheckpointError naming the step."""
+    try:
+        return fn()
+    except Exception as e:   # noqa: BLE001 - re-raised unless it is a read error of the step's files
+        reason = _translate(e, _step_dir(mgr, step), paths)
+        if reason is None:
+            raise
+        raise _damaged(mgr, step, reason, who) from e
 
 
 # ------------------------------------------------------------------------------------------------ restore
@@ -247,6 +428,9 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
     Raises:
       TypeError: `mgr` is not a hyperjax Manager.
       FileNotFoundError: there is no such completed step.
+      DamagedCheckpointError (a ValueError): the step is damaged on disk (a missing or truncated file, no
+        commit marker, unreadable metadata or arrays); the message names the step and what is wrong, and
+        `restore_latest_valid` falls back to the newest intact step.
       ValueError: `step` and `best` are both given; the step was not written by `save`; or a leaf's presence,
         shape, dtype or PRNG-key kind differs between checkpoint and abstract state (naming the first such path).
     """
@@ -256,10 +440,18 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
     if best and isinstance(mgr, Manager):
         _sync(mgr)
         step = mgr.best_step()
-    step, meta = _meta(mgr, step, who)
-    saved = _saved_leaves(mgr.orbax.metadata(step).item_metadata["state"])
+    return _restore(mgr, abstract_state, step, who)
 
+
+def _restore(mgr: Manager, abstract_state: Any, step: int | None, who: str
+             ) -> tuple[Any, dict[str, Any] | None]:
+    step, meta = _meta(mgr, step, who)
     items, treedef = _flat(abstract_state, who)
+    paths = [p for p, _ in items]
+    empty = {p: (tuple(s), str(jnp.dtype(d))) for p, (s, d) in meta.get("empty", {}).items()}
+    saved = _read(mgr, step, who, paths, lambda: _saved_leaves(mgr.orbax.metadata(step).item_metadata["state"]))
+    saved += [(p, s, d) for p, (s, d) in empty.items()]
+
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     wanted, targets, key_paths = [], {}, []
     for p, leaf in items:
@@ -286,18 +478,66 @@ def restore(mgr: Manager, abstract_state: Any, *, step: int | None = None, best:
                          f"abstract state from the same model, optimizer and config as the saved run "
                          f"(e.g. from the config returned with it).")
 
-    restored = mgr.orbax.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_paths.nest(targets)), config=ocp.args.JsonRestore()))
-    flat = _paths.unnest(restored["state"], [p for p, _ in items])
+    stored = {p: t for p, t in targets.items() if p not in empty}
+    restored = _read(mgr, step, who, paths, lambda: mgr.orbax.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_paths.nest(stored)), config=ocp.args.JsonRestore())))
+    flat = _paths.unnest(restored["state"], list(stored)) if stored else {}
+    for p in empty:
+        flat[p] = jax.device_put(jnp.zeros(targets[p].shape, targets[p].dtype), targets[p].sharding)
     for p in key_paths:
         flat[p] = jax.random.wrap_key_data(flat[p], impl=meta["prng_keys"][p])
         want = dict(items)[p].dtype
         if flat[p].dtype != want:
             raise ValueError(f"{who}: leaf '{p}' was saved as a {flat[p].dtype} PRNG key but the abstract state "
                              f"wants {want}.")
-    state = jax.tree_util.tree_unflatten(treedef, [flat[p] for p, _ in items])
+    state = jax.tree_util.tree_unflatten(treedef, [flat[p] for p in paths])
     config = restored["config"] if meta.get("has_config") else None
     return state, config
+
+
+def restore_latest_valid(mgr: Manager, abstract_state: Any, *, set_aside: bool = False) -> Restored:
+    """Restore the newest step that is intact, skipping damaged ones: `Restored(state, config, step, skipped)`.
+
+    Steps are tried newest first; a step that raises `DamagedCheckpointError` is skipped and recorded in
+    `skipped` as (step, reason). Nothing is deleted. Other errors (a structure that does not match
+    `abstract_state`, a step not written by `save`) are raised, not skipped: an older step would hide them.
+    set_aside: rename each skipped step directory `<step>` to `<step>.damaged` (Orbax no longer lists it) so
+      the resumed run can save those step numbers again; nothing is deleted either way.
+
+    Raises:
+      TypeError: `mgr` is not a hyperjax Manager.
+      FileNotFoundError: there is no completed step.
+      DamagedCheckpointError: every step is damaged (the message lists each step and its reason).
+      ValueError: as `restore`, for the first step that is not damaged.
+    """
+    who = "hyperjax.checkpoint.restore_latest_valid"
+    if not isinstance(mgr, Manager):
+        raise TypeError(f"{who}: `mgr` must come from hyperjax.checkpoint.manager(directory, ...), "
+                        f"got {type(mgr).__name__}.")
+    _sync(mgr)
+    steps = mgr.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"{who}: no completed checkpoint in {mgr.directory}.")
+    skipped: list[tuple[int, str]] = []
+    for step in reversed(steps):
+        try:
+            state, config = _restore(mgr, abstract_state, step, who)
+        except DamagedCheckpointError as e:
+            skipped.append((step, e.reason))
+            continue
+        if set_aside and skipped:
+            for s, _ in skipped:
+                src = _step_dir(mgr, s)
+                dst, n = src + ".damaged", 1
+                while os.path.exists(dst):
+                    dst, n = f"{src}.damaged-{n}", n + 1
+                os.rename(src, dst)
+            mgr.orbax.reload()
+        return Restored(state, config, step, tuple(skipped))
+    listing = "; ".join(f"step {s}: {r}" for s, r in skipped)
+    raise DamagedCheckpointError(f"{who}: every checkpoint step in {mgr.directory} is damaged ({listing}). "
+                                 f"They were left on disk as they are.", directory=mgr.directory, step=None,
+                                 reason=listing)
 
 
 def _sync(mgr: Manager) -> None:
@@ -307,6 +547,7 @@ def _sync(mgr: Manager) -> None:
 
 
 def _meta(mgr: Manager, step: int | None, who: str) -> tuple[int, dict[str, Any]]:
+    """(step, custom metadata) of a listed step, after checking the step's files (`_damage`)."""
     if not isinstance(mgr, Manager):
         raise TypeError(f"{who}: `mgr` must come from hyperjax.checkpoint.manager(directory, ...), "
                         f"got {type(mgr).__name__}.")
@@ -318,7 +559,10 @@ def _meta(mgr: Manager, step: int | None, who: str) -> tuple[int, dict[str, Any]
     if step not in steps:
         raise FileNotFoundError(f"{who}: no completed checkpoint for step {step} in {mgr.directory}; "
                                 f"available steps: {steps}.")
-    meta = mgr.orbax.metadata(step).custom_metadata
+    reason = _damage(_step_dir(mgr, step))
+    if reason is not None:
+        raise _damaged(mgr, step, reason, who)
+    meta = _read(mgr, step, who, [], lambda: mgr.orbax.metadata(step).custom_metadata)
     if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
         raise ValueError(f"{who}: step {step} in {mgr.directory} was not written by hyperjax.checkpoint.save "
                          f"(no '{FORMAT}' in its Orbax custom metadata); restore it with orbax directly.")
@@ -330,46 +574,70 @@ def load_config(mgr: Manager, step: int | None = None) -> dict[str, Any] | None:
     the hypernetwork and target from it, then `restore` against their abstract state. None if none was saved.
 
     Raises:
-      TypeError, FileNotFoundError, ValueError: as `restore` for the step lookup.
+      TypeError, FileNotFoundError, DamagedCheckpointError, ValueError: as `restore` for the step lookup.
     """
-    step, meta = _meta(mgr, step, "hyperjax.checkpoint.load_config")
+    who = "hyperjax.checkpoint.load_config"
+    step, meta = _meta(mgr, step, who)
     if not meta.get("has_config"):
         return None
-    return mgr.orbax.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return _read(mgr, step, who, [], lambda: mgr.orbax.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
 
 def metrics(mgr: Manager, step: int | None = None) -> dict[str, float]:
     """The metrics saved with `step` (default: the latest), {name: float}.
 
     Raises:
-      TypeError, FileNotFoundError, ValueError: as `restore` for the step lookup.
+      TypeError, FileNotFoundError, DamagedCheckpointError, ValueError: as `restore` for the step lookup.
     """
     return dict(_meta(mgr, step, "hyperjax.checkpoint.metrics")[1].get("metrics", {}))
 
 
 # ------------------------------------------------------------------------------------------------ export
-def export(path: str | os.PathLike, params: Any, *, overwrite: bool = False) -> str:
+def export(path: str | os.PathLike, params: Any, *, target: TargetSpec | None = None,
+           overwrite: bool = False) -> str:
     """Write target params (e.g. `hnet.apply(hparams, cond)`) as a plain Orbax checkpoint at `path`.
 
     The tree is stored as a nested dict keyed by leaf path parts (for linen params: the same dict), so
-    it loads without hyperjax: `orbax.checkpoint.StandardCheckpointer().restore(path)`. Typed PRNG keys
-    are not parameters and raise. Returns the absolute path. The write is atomic (tmp dir + rename).
+    it loads without hyperjax: `orbax.checkpoint.StandardCheckpointer().restore(path)`. Returns the absolute
+    path. The write is atomic (tmp dir + rename).
+
+    target: the spec the params are for. Needed for a tied spec (`hj.tie`): its params (and a generator's
+      output for it) hold only the free leaves, and `target=tied` writes `tied.expand(params)`, every leaf
+      of the full model, so a reader without hyperjax gets the whole model. For any other spec it is
+      optional and checks `params` against it first.
 
     Raises:
       FileExistsError: `path` exists and overwrite=False.
-      TypeError: a leaf is a PRNG key.
-      ValueError: `params` has no array leaves, or two leaves share a path string.
+      TypeError: a leaf is a PRNG key; `target` is not a TargetSpec.
+      ValueError: `params` has no array leaves, a leaf is zero-size (Orbax cannot store it), two leaves share
+        a path string, a leaf was deleted (donated to a training step; the message names it), or `params`
+        does not match `target` (naming the path).
     """
     who = "hyperjax.checkpoint.export"
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{who}: {path} exists; pass overwrite=True to replace it.")
+    if target is not None and not isinstance(target, TargetSpec):
+        raise TypeError(f"{who}: `target` must be the TargetSpec the params are for (e.g. the Tied spec from "
+                        f"hj.tie), got {type(target).__name__}.")
+    _no_deleted(_flat(params, who)[0], who, "params")
+    if target is not None:
+        full = getattr(target, "full", None)
+        if full is not None and hasattr(target, "expand"):        # a Tied spec: free leaves -> every leaf
+            check_params(target, params, "checkpoint.export")
+            params = target.expand(params)
+        else:
+            check_params(target, params, "checkpoint.export")
     items, _ = _flat(params, who)
     if not items:
         raise ValueError(f"{who}: `params` has no array leaves.")
     for p, leaf in items:
         if _is_key(leaf):
             raise TypeError(f"{who}: leaf '{p}' is a PRNG key, not a parameter; export the target params only.")
+        if np.size(leaf) == 0:
+            raise ValueError(f"{who}: leaf '{p}' has zero size {tuple(np.shape(leaf))}; Orbax cannot store "
+                             f"zero-size arrays. Drop it from the params you export.")
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, _paths.nest({p: jnp.asarray(x) for p, x in items}), force=overwrite)
         ckptr.wait_until_finished()
@@ -379,7 +647,8 @@ def export(path: str | os.PathLike, params: Any, *, overwrite: bool = False) -> 
 def load_export(path: str | os.PathLike, like: Any = None) -> Any:
     """Read an `export`ed checkpoint; with `like` (a TargetSpec or a params tree, abstract or not) the
     result has its structure (e.g. an Equinox module's params), checked leaf by leaf against the export's
-    Orbax metadata.
+    Orbax metadata. For a tied spec exported with `target=tied` (every leaf), `like=tied` gives the free
+    params back (`tied.collapse`), `like=tied.full` the full tree.
 
     Raises:
       FileNotFoundError: nothing is exported at `path`.
@@ -392,14 +661,17 @@ def load_export(path: str | os.PathLike, like: Any = None) -> Any:
     with ocp.StandardCheckpointer() as ckptr:
         if like is None:
             return ckptr.restore(path)
+        saved = _saved_leaves(ckptr.metadata(path).item_metadata)
+        tied = getattr(like, "full", None) is not None and hasattr(like, "collapse")
+        if tied and {p for p, _, _ in saved} == set(like.full.paths):
+            return like.collapse(load_export(path, like.full))
         abstract = getattr(like, "abstract_params", like)
         items, treedef = _flat(abstract, who)
         wanted = [(p, tuple(np.shape(x)), str(jnp.dtype(jnp.result_type(x)))) for p, x in items]
-        problem = _mismatch(_saved_leaves(ckptr.metadata(path).item_metadata), wanted, f"export at {path}")
+        problem = _mismatch(saved, wanted, f"export at {path}")
         if problem:
             raise ValueError(f"{who}: the export does not match `like`: {problem}")
         default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = _paths.nest({p: jax.ShapeDtypeStruct(s, d, sharding=default) for p, s, d in wanted})
         flat = _paths.unnest(ckptr.restore(path, target), [p for p, _ in items])
     return jax.tree_util.tree_unflatten(treedef, [flat[p] for p, _ in items])
-
