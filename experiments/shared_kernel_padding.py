@@ -70,11 +70,6 @@ def build(config: dict, image_shape: tuple[int, ...]):
     return spec, tied
 
 
-def leaves(tree) -> dict[str, jax.Array]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(str(getattr(k, "key", k)) for k in kp): v for kp, v in flat}
-
-
 def train(name, spec_like, params, data, opt, args):
     """Train params of `spec_like` (a TargetSpec or the Tied spec). Returns (state, curve, seconds, step fn)."""
     x_tr, y_tr, x_te, y_te = data
@@ -123,73 +118,79 @@ def plot(curves, kernel, path, title):
     return _common.finish_figure(fig, (ax_l, ax_a), title, path)
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    t_start = time.perf_counter()
-    x_tr, y_tr, x_te, y_te, dataset = _data.load_images(args.mnist, seed=args.seed)
-    data = (jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te))
-    config = {"features": args.features, "image_shape": list(x_tr.shape[1:]), "lr": args.lr, "seed": args.seed,
-              "tied": [list(SHARED)]}
-    spec, tied = build(config, x_tr.shape[1:])
-
-    # (1) the trainable tree holds one kernel and one bias for the two layers
-    full_init = jax.jit(spec.init)(jax.random.key(args.seed))
+def trainable_summary(spec, tied, seed: int) -> dict:
+    """(1) Initial params and what the tied model stores: one kernel and one bias for the two layers."""
+    full_init = jax.jit(spec.init)(jax.random.key(seed))
     free_init = tied.collapse(full_init)
     free_paths = {p: list(v.shape) for p, v in tied.leaves.items()}
     print("trainable leaves of the tied model:")
     for p, shape in free_paths.items():
         print(f"  {p:<20} {tuple(shape)}")
     print(f"  tied (rebuilt from conv_same, not stored): {', '.join(tied.tied_paths)}")
-    n_tied, n_untied = hj.training.count_params(free_init), hj.training.count_params(full_init)
-    kernels = [p for p in free_paths if p.endswith("kernel") and p.startswith("conv_")]
+    return {"full_init": full_init, "free_init": free_init, "free_paths": free_paths,
+            "n_tied": hj.training.count_params(free_init), "n_untied": hj.training.count_params(full_init),
+            "kernels": [p for p in free_paths if p.endswith("kernel") and p.startswith("conv_")]}
 
-    # (2) train tied and untied on the same batches
-    opt = optax.adam(args.lr)
-    state, curve_tied, secs_tied, step = train("tied", tied, free_init, data, opt, args)
-    _, curve_untied, secs_untied, _ = train("untied", spec, full_init, data, opt, args)
 
-    # (3) save the tied training state and its config
-    ckpt_dir = args.ckpt_dir or tempfile.mkdtemp(prefix="hj_shared_kernel_")
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise SystemExit(f"--ckpt-dir {ckpt_dir} is not empty; give a new directory.")
-    acc_tied = curve_tied["test_accuracy"][-1]
-    logits_before = np.asarray(jax.jit(tied.apply)(state.params, data[2]))
+def save_tied(ckpt_dir: str, state, config: dict, acc_tied: float) -> int:
+    """(3) Save the tied training state, its JSON config and its test accuracy; returns the saved step."""
     saved_step = int(state.step)
     with hj.checkpoint.manager(ckpt_dir, max_to_keep=2, best_metric="test_accuracy", best_mode="max") as mgr:
         hj.checkpoint.save(mgr, saved_step, state, config=config, metrics={"test_accuracy": acc_tied})
         mgr.wait()
+    return saved_step
 
-    # (4) a new manager: rebuild from the stored config, restore against an abstract state
+
+def restore_tied(ckpt_dir: str, opt):
+    """(4) A new manager: rebuild the model from the stored config, restore against an abstract state.
+
+    Returns (config, spec, tied, restored state).
+    """
     with hj.checkpoint.manager(ckpt_dir, best_metric="test_accuracy", best_mode="max") as mgr:
-        config2 = hj.checkpoint.load_config(mgr)
-        spec2, tied2 = build(config2, tuple(config2["image_shape"]))
-        abstract = jax.eval_shape(lambda: hj.training.init_state(tied2.init(jax.random.key(0)), opt,
+        config = hj.checkpoint.load_config(mgr)
+        spec, tied = build(config, tuple(config["image_shape"]))
+        abstract = jax.eval_shape(lambda: hj.training.init_state(tied.init(jax.random.key(0)), opt,
                                                                  jax.random.key(0)))
         restored, _ = hj.checkpoint.restore(mgr, abstract, best=True)
+    return config, spec, tied, restored
 
-    # (5) still one kernel, still shared
-    restored_paths = {p: list(v.shape) for p, v in leaves(restored.params).items()}
-    logits_after = np.asarray(jax.jit(tied2.apply)(restored.params, data[2]))
-    same_state = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-                     zip(jax.tree.leaves(restored.params) + jax.tree.leaves(restored.opt_state),
-                         jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state)))
-    full_before = tied2.expand(restored.params)
-    x_b, y_b = data[0][:args.batch_size], data[1][:args.batch_size]
+
+def update_after_restore(spec, tied, restored, batch, opt) -> dict:
+    """One gradient of the untied view and of the shared leaf, and one update of the restored state.
+
+    Returns the per-layer gradients ("g_full"), the shared gradient ("g_free") and the largest kernel and bias
+    change of each layer ("moves", "bias_moves"), and the full trees before and after the update.
+    """
+    x_b, y_b = batch
+    full_before = tied.expand(restored.params)
 
     def full_loss(full):   # the untied view of the same function: one gradient per layer
-        return optax.softmax_cross_entropy_with_integer_labels(spec2.apply(full, x_b), y_b).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(spec.apply(full, x_b), y_b).mean()
     g_full = jax.grad(full_loss)(full_before)
-    g_free = jax.grad(lambda f: full_loss(tied2.expand(f)))(restored.params)
-    g_sum = g_full[SHARED[0]]["kernel"] + g_full[SHARED[1]]["kernel"]
+    g_free = jax.grad(lambda f: full_loss(tied.expand(f)))(restored.params)
     step_after = hj.training.make_step(lambda p, b, r: optax.softmax_cross_entropy_with_integer_labels(
-        tied2.apply(p, b[0]), b[1]).mean(), opt, donate=False)
+        tied.apply(p, b[0]), b[1]).mean(), opt, donate=False)
     updated, _ = step_after(restored, (x_b, y_b))
-    full_after = tied2.expand(updated.params)
+    full_after = tied.expand(updated.params)
     moves = {name: float(jnp.max(jnp.abs(full_after[name]["kernel"] - full_before[name]["kernel"])))
              for name in SHARED}
     bias_moves = {name: float(jnp.max(jnp.abs(full_after[name]["bias"] - full_before[name]["bias"])))
                   for name in SHARED}
-    checks = {
+    return {"g_full": g_full, "g_free": g_free, "moves": moves, "bias_moves": bias_moves,
+            "full_before": full_before, "full_after": full_after}
+
+
+def restore_checks(state, restored, config, config2, spec2, tied2, logits_before, batch, opt) -> dict:
+    """(5) Still one kernel, still shared: the restored tree, logits, state, and one update after restore."""
+    restored_paths = {p: list(v.shape) for p, v in hj.testing.leaf_dict(restored.params).items()}
+    logits_after = np.asarray(jax.jit(tied2.apply)(restored.params, batch["x_test"]))
+    same_state = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                     zip(jax.tree.leaves(restored.params) + jax.tree.leaves(restored.opt_state),
+                         jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state)))
+    u = update_after_restore(spec2, tied2, restored, batch["train"], opt)
+    g_full, g_free, full_after = u["g_full"], u["g_free"], u["full_after"]
+    g_sum = g_full[SHARED[0]]["kernel"] + g_full[SHARED[1]]["kernel"]
+    return {
         "restored_step": int(restored.step),
         "restored_trainable_paths": restored_paths,
         "restored_kernel_leaves_of_shared_layers": [p for p in restored_paths
@@ -199,8 +200,8 @@ def main(argv=None) -> dict:
         "test_logits_max_abs_diff_before_vs_after": float(np.max(np.abs(logits_before - logits_after))),
         "test_logits_bitwise_equal": bool(np.array_equal(logits_before, logits_after)),
         "config_round_trip": config2 == config,
-        "update_after_restore_max_kernel_change": moves,
-        "update_after_restore_max_bias_change": bias_moves,
+        "update_after_restore_max_kernel_change": u["moves"],
+        "update_after_restore_max_bias_change": u["bias_moves"],
         "layers_equal_after_update": bool(np.array_equal(full_after[SHARED[0]]["kernel"],
                                                          full_after[SHARED[1]]["kernel"])),
         "grad_norm_from_conv_same": float(jnp.linalg.norm(g_full[SHARED[0]]["kernel"])),
@@ -208,43 +209,78 @@ def main(argv=None) -> dict:
         "grad_norm_of_shared_kernel": float(jnp.linalg.norm(g_free[SHARED[0]]["kernel"])),
         "grad_shared_minus_sum_max_abs": float(jnp.max(jnp.abs(g_free[SHARED[0]]["kernel"] - g_sum))),
     }
-    shared_ok = (checks["restored_kernel_leaves_of_shared_layers"] == [f"{SHARED[0]}/kernel"]
-                 and checks["test_logits_bitwise_equal"] and checks["layers_equal_after_update"]
-                 and min(moves.values()) > 0 and checks["restored_state_bitwise_equal"])
 
-    wall = time.perf_counter() - t_start
-    acc_untied = curve_untied["test_accuracy"][-1]
+
+def is_shared_after_restore(checks: dict) -> bool:
+    return (checks["restored_kernel_leaves_of_shared_layers"] == [f"{SHARED[0]}/kernel"]
+            and checks["test_logits_bitwise_equal"] and checks["layers_equal_after_update"]
+            and min(checks["update_after_restore_max_kernel_change"].values()) > 0
+            and checks["restored_state_bitwise_equal"])
+
+
+def print_report(m: dict, seed: int, outputs: tuple[str, str]) -> None:
+    """The table of both models, the restore checks and the one summary line."""
+    ck, n, acc, secs = m["checkpoint"], m["trainable_params"], m["test_accuracy"], m["train_time_s"]
+    moves, dataset = ck["update_after_restore_max_kernel_change"], m["dataset"]
+    print(f"\n{'model':<8} {'trainable params':>17} {'conv kernels stored':>20} {'test acc':>9} {'train s':>8}")
+    print(f"{'tied':<8} {n['tied']:>17,} {len(m['shared_kernel_leaves_in_trainable_tree']):>20} "
+          f"{100 * acc['tied']:>8.2f}% {secs['tied']:>8.1f}")
+    print(f"{'untied':<8} {n['untied']:>17,} {2:>20} {100 * acc['untied']:>8.2f}% {secs['untied']:>8.1f}")
+    print(f"after restore: trainable paths {list(ck['restored_trainable_paths'])}; logits max |diff| "
+          f"{ck['test_logits_max_abs_diff_before_vs_after']:.1e}; one update moved conv_same by "
+          f"{moves[SHARED[0]]:.2e} and conv_valid by {moves[SHARED[1]]:.2e} (equal after: "
+          f"{ck['layers_equal_after_update']}); |grad| same {ck['grad_norm_from_conv_same']:.3f} + valid "
+          f"{ck['grad_norm_from_conv_valid']:.3f} -> shared {ck['grad_norm_of_shared_kernel']:.3f} "
+          f"(max |g - (g_same + g_valid)| {ck['grad_shared_minus_sum_max_abs']:.1e})")
+    print(f"wrote {outputs[0]} and {outputs[1]}")
+    print(f"shared_kernel_padding [{dataset}, seed {seed}]: tied {100 * acc['tied']:.2f}% vs untied "
+          f"{100 * acc['untied']:.2f}% with {n['tied']:,} vs {n['untied']:,} params; one kernel after restore: "
+          f"{'yes' if m['shared_after_restore'] else 'NO'}; {m['wall_time_s']:.0f}s wall")
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    t_start = time.perf_counter()
+    x_tr, y_tr, x_te, y_te, dataset = _data.load_images(args.mnist, seed=args.seed)
+    data = (jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te))
+    config = {"features": args.features, "image_shape": list(x_tr.shape[1:]), "lr": args.lr, "seed": args.seed,
+              "tied": [list(SHARED)]}
+    spec, tied = build(config, x_tr.shape[1:])
+    t = trainable_summary(spec, tied, args.seed)                                         # (1)
+
+    opt = optax.adam(args.lr)                                                            # (2) same batches
+    state, curve_tied, secs_tied, _ = train("tied", tied, t["free_init"], data, opt, args)
+    _, curve_untied, secs_untied, _ = train("untied", spec, t["full_init"], data, opt, args)
+
+    ckpt_dir = args.ckpt_dir or tempfile.mkdtemp(prefix="hj_shared_kernel_")            # (3)
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise SystemExit(f"--ckpt-dir {ckpt_dir} is not empty; give a new directory.")
+    acc_tied, acc_untied = curve_tied["test_accuracy"][-1], curve_untied["test_accuracy"][-1]
+    logits_before = np.asarray(jax.jit(tied.apply)(state.params, data[2]))
+    saved_step = save_tied(ckpt_dir, state, config, acc_tied)
+    config2, spec2, tied2, restored = restore_tied(ckpt_dir, opt)                        # (4)
+    batch = {"x_test": data[2], "train": (data[0][:args.batch_size], data[1][:args.batch_size])}
+    checks = restore_checks(state, restored, config, config2, spec2, tied2, logits_before, batch, opt)   # (5)
+
     metrics = {
         "dataset": dataset, "n_train": int(len(x_tr)), "n_test": int(len(x_te)),
-        "trainable_paths_tied": free_paths, "tied_paths": list(tied.tied_paths),
-        "shared_kernel_leaves_in_trainable_tree": kernels,
-        "trainable_params": {"tied": n_tied, "untied": n_untied, "saved_by_tying": n_untied - n_tied},
+        "trainable_paths_tied": t["free_paths"], "tied_paths": list(tied.tied_paths),
+        "shared_kernel_leaves_in_trainable_tree": t["kernels"],
+        "trainable_params": {"tied": t["n_tied"], "untied": t["n_untied"],
+                             "saved_by_tying": t["n_untied"] - t["n_tied"]},
         "test_accuracy": {"tied": acc_tied, "untied": acc_untied},
         "final_train_loss": {"tied": curve_tied["train_loss"][-1], "untied": curve_untied["train_loss"][-1]},
         "train_time_s": {"tied": secs_tied, "untied": secs_untied},
         "checkpoint": {"directory": ckpt_dir, "saved_step": saved_step, **checks},
-        "shared_after_restore": bool(shared_ok),
-        "wall_time_s": wall,
+        "shared_after_restore": is_shared_after_restore(checks),
+        "wall_time_s": time.perf_counter() - t_start,
     }
     curves = {"tied (one kernel)": curve_tied, "untied (two kernels)": curve_untied}
     path = _common.write_json(args.out, NAME, {**vars(args), **config}, metrics, curves=curves)
     png = plot(curves, restored.params[SHARED[0]]["kernel"], _common.png_path(args.out),
-               f"{dataset}: conv SAME + conv VALID sharing one kernel ({n_tied:,} params) vs untied "
-               f"({n_untied:,})")
-
-    print(f"\n{'model':<8} {'trainable params':>17} {'conv kernels stored':>20} {'test acc':>9} {'train s':>8}")
-    print(f"{'tied':<8} {n_tied:>17,} {len(kernels):>20} {100 * acc_tied:>8.2f}% {secs_tied:>8.1f}")
-    print(f"{'untied':<8} {n_untied:>17,} {2:>20} {100 * acc_untied:>8.2f}% {secs_untied:>8.1f}")
-    print(f"after restore: trainable paths {list(restored_paths)}; logits max |diff| "
-          f"{checks['test_logits_max_abs_diff_before_vs_after']:.1e}; one update moved conv_same by "
-          f"{moves[SHARED[0]]:.2e} and conv_valid by {moves[SHARED[1]]:.2e} (equal after: "
-          f"{checks['layers_equal_after_update']}); |grad| same {checks['grad_norm_from_conv_same']:.3f} + valid "
-          f"{checks['grad_norm_from_conv_valid']:.3f} -> shared {checks['grad_norm_of_shared_kernel']:.3f} "
-          f"(max |g - (g_same + g_valid)| {checks['grad_shared_minus_sum_max_abs']:.1e})")
-    print(f"wrote {path} and {png}")
-    print(f"shared_kernel_padding [{dataset}, seed {args.seed}]: tied {100 * acc_tied:.2f}% vs untied "
-          f"{100 * acc_untied:.2f}% with {n_tied:,} vs {n_untied:,} params; one kernel after restore: "
-          f"{'yes' if shared_ok else 'NO'}; {wall:.0f}s wall")
+               f"{dataset}: conv SAME + conv VALID sharing one kernel ({t['n_tied']:,} params) vs untied "
+               f"({t['n_untied']:,})")
+    print_report(metrics, args.seed, (path, png))
     return metrics
 
 
