@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -75,6 +76,21 @@ def alternating_round(steps: list):
         return tuple(o._replace(params=params) for o in out), jax.tree.map(lambda *x: jnp.stack(x), *metrics)
 
     return round_
+
+
+def params_sha256(tree: Any) -> str:
+    """Hex sha256 of a params pytree: for every leaf in tree (key-path) order, its path, dtype and shape, then
+    its raw C-order bytes (typed PRNG keys as their key data). Equal hashes mean bitwise equal trees."""
+    import hyperjax as hj
+
+    h = hashlib.sha256()
+    for path, leaf in hj.testing.leaves_with_paths(tree):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{path}|{a.dtype.str}|{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def environment() -> dict[str, Any]:

@@ -11,7 +11,9 @@ Target: a linen MLP in -> 256 -> 256 -> 10 (85,002 params on digits). Two runs o
 * direct: the same MLP's own parameters trained with the same loss, batches and schedule.
 
 Writes results/quickstart.json (accuracies, trainable parameter counts, compression ratio = direct /
-hypernet trainable params, wall time, learning curves) and results/quickstart.png (both curves).
+hypernet trainable params, wall time, learning curves, and `params_sha256`, a hash of the raw bytes of the
+final params: two runs with the same seed on CPU write the same hashes and metrics) and results/quickstart.png
+(both curves).
 """
 
 from __future__ import annotations
@@ -145,8 +147,9 @@ def main(argv=None) -> dict:
         ("direct", direct, lambda p: p, args.direct_lr),
     ]:
         opt = optimizer(lr, args.steps, args.warmup, args.weight_decay)
-        _, curve, seconds = train(name, params, to_target, spec, data, opt, args, args.seed)
-        runs[name] = {"curve": curve, "train_time_s": seconds}
+        final, curve, seconds = train(name, params, to_target, spec, data, opt, args, args.seed)
+        runs[name] = {"curve": curve, "train_time_s": seconds, "params_sha256": _common.params_sha256(final),
+                      "generated_params_sha256": _common.params_sha256(to_target(final))}
 
     acc_h, acc_d = runs["hypernet"]["curve"]["test_accuracy"][-1], runs["direct"]["curve"]["test_accuracy"][-1]
     gap = 100.0 * (acc_d - acc_h)
@@ -158,10 +161,13 @@ def main(argv=None) -> dict:
         "hypernet": {"test_accuracy": acc_h, "trainable_params": n_hyper,
                      "final_train_loss": runs["hypernet"]["curve"]["train_loss"][-1],
                      "train_time_s": runs["hypernet"]["train_time_s"],
-                     "n_chunks": -(-spec.size // args.chunk_size)},
+                     "n_chunks": -(-spec.size // args.chunk_size),
+                     "params_sha256": runs["hypernet"]["params_sha256"],            # generator weights, embeddings
+                     "generated_params_sha256": runs["hypernet"]["generated_params_sha256"]},   # the MLP it emits
         "direct": {"test_accuracy": acc_d, "trainable_params": n_direct,
                    "final_train_loss": runs["direct"]["curve"]["train_loss"][-1],
-                   "train_time_s": runs["direct"]["train_time_s"]},
+                   "train_time_s": runs["direct"]["train_time_s"],
+                   "params_sha256": runs["direct"]["params_sha256"]},
         "compression_ratio": ratio,
         "accuracy_gap_points": gap,
         "target_met": bool(gap <= 2.0 and 2 * n_hyper <= n_direct),
@@ -176,6 +182,8 @@ def main(argv=None) -> dict:
     print(f"\n{'model':<10} {'trainable params':>17} {'test acc':>9} {'train s':>8}")
     for name, n, acc in [("hypernet", n_hyper, acc_h), ("direct", n_direct, acc_d)]:
         print(f"{name:<10} {n:>17,} {100 * acc:>8.2f}% {runs[name]['train_time_s']:>8.1f}")
+    print(f"final params sha256: hypernet {runs['hypernet']['params_sha256'][:16]}, "
+          f"direct {runs['direct']['params_sha256'][:16]}")
     print(f"wrote {path} and {png}")
     print(f"quickstart [{dataset}, seed {args.seed}]: hypernet {100 * acc_h:.2f}% vs direct {100 * acc_d:.2f}% "
           f"(gap {gap:+.2f} pts) with {n_hyper:,} vs {n_direct:,} trainable params ({ratio:.2f}x compression), "

@@ -1,14 +1,22 @@
-"""experiments.quickstart end to end on a few steps: JSON record, PNG, parameter accounting, --mnist path."""
+"""experiments.quickstart end to end on a few steps: JSON record, PNG, parameter accounting, --mnist path,
+bitwise identical params and metrics from two runs with the same seed."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import chex
 import numpy as np
 import pytest
 
+import jax
+import jax.numpy as jnp
+
 import hyperjax as hj
-from experiments import quickstart
+from experiments import _common, quickstart
 
 MLP_DIGITS = 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10   # 85,002
 
@@ -49,6 +57,8 @@ def test_default_run_writes_record_and_figure(tmp_path):
     assert m["accuracy_gap_points"] == pytest.approx(
         100 * (m["direct"]["test_accuracy"] - m["hypernet"]["test_accuracy"]))
     assert m["wall_time_s"] > 0 and "jax" in record["environment"]
+    hashes = [m["hypernet"]["params_sha256"], m["hypernet"]["generated_params_sha256"], m["direct"]["params_sha256"]]
+    assert len(set(hashes)) == 3 and all(len(h) == 64 and int(h, 16) >= 0 for h in hashes)
 
 
 def test_hypernet_flags_change_the_generator():
@@ -79,3 +89,45 @@ def test_mnist_file_is_flattened_to_784_inputs(tmp_path):
     spec, _, hparams, _ = quickstart.build(args, x_tr.shape[1])
     assert spec.size == 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
     assert hj.training.count_params(hparams) == hnet_params(spec.size, 512, 16, 64, 8)
+
+
+def test_params_sha256_sees_every_bit_path_and_dtype():
+    tree = {"a": {"w": jnp.arange(6.0).reshape(2, 3)}, "b": jnp.ones(2, jnp.bfloat16), "k": jax.random.key(3)}
+    h = _common.params_sha256(tree)
+    assert h == _common.params_sha256(jax.tree.map(lambda x: x.copy(), tree))
+    flipped = np.asarray(tree["a"]["w"]).copy()
+    flipped.view(np.uint32)[1, 2] ^= 1                                     # one low mantissa bit
+    assert _common.params_sha256({**tree, "a": {"w": jnp.asarray(flipped)}}) != h
+    assert _common.params_sha256({**tree, "a": {"v": tree["a"]["w"]}}) != h              # same bytes, other path
+    assert _common.params_sha256({**tree, "b": jnp.ones(1, jnp.float32)}) != h            # same bytes, other dtype
+    assert _common.params_sha256({**tree, "a": {"w": tree["a"]["w"].reshape(3, 2)}}) != h  # other shape
+    assert _common.params_sha256({**tree, "k": jax.random.key(4)}) != h
+
+
+def test_two_runs_with_the_same_seed_write_bitwise_identical_params_and_metrics(tmp_path):
+    """Two fresh processes (each compiles its own steps), same seed, CPU: same params hashes, same metrics."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
+    records, walls = [], []
+    for i in range(2):                                   # one after the other: one JAX process at a time
+        out = tmp_path / f"run{i}.json"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "experiments.quickstart", "--steps", "30", "--eval-every", "10",
+                               "--warmup", "3", "--no-progress", "--out", str(out)],
+                              capture_output=True, text=True, timeout=600, env=env)
+        walls.append(time.perf_counter() - t0)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records.append(json.loads(out.read_text()))
+    a, b = (r["metrics"] for r in records)
+    timing = ("train_time_s", "wall_time_s")
+
+    def untimed(m):
+        return {k: untimed(v) if isinstance(v, dict) else v for k, v in m.items() if k not in timing}
+    print(f"hypernet params_sha256 {a['hypernet']['params_sha256']} / {b['hypernet']['params_sha256']}; "
+          f"direct {a['direct']['params_sha256']} / {b['direct']['params_sha256']}; runs {walls[0]:.1f}s, "
+          f"{walls[1]:.1f}s")
+    for name in ("hypernet", "direct"):
+        assert a[name]["params_sha256"] == b[name]["params_sha256"], name
+    assert a["hypernet"]["generated_params_sha256"] == b["hypernet"]["generated_params_sha256"]
+    assert untimed(a) == untimed(b)                                   # accuracies, losses, counts: exactly equal
+    assert records[0]["curves"] == records[1]["curves"]               # every logged loss and accuracy
+    assert records[0]["config"] == {**records[1]["config"], "out": records[0]["config"]["out"]}
