@@ -43,4 +43,6 @@ def test_readme_other_examples_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "(32, 10)" in out                                         # per-sample logits
     assert "(5, 3) ['embedding', 'hyper'] True" in out                # a from_module generator, checked
+    assert "nnx (3, 2)" in out and "equinox (3, 2)" in out             # NNX and Equinox targets, per example
+    assert "10 (10,) 0 ['batch_stats']" in out                         # 10 steps per call with BatchNorm state
     assert "('same/bias', 'same/kernel') 80 of 160" in out           # one shared kernel after restore
