@@ -1,4 +1,11 @@
-"""Leaf path strings and selectors (hyperjax._src.paths)."""
+"""Leaf path strings and selectors: what `TargetSpec.paths`, `spec.select`, `hj.select` and the error messages show.
+
+Tested through public names: path strings as `TargetSpec.paths` / `spec.leaf_dict` show them (and
+`hj.testing.path_of` / `leaves_with_paths`, which must agree with the library), `where=` selectors through
+`spec.select`, their description through the no-match message. Only the nested-dict helpers `nest` / `unnest`
+and `key_name` have no public form; they are unit-tested at the end from `hyperjax._src.paths` (the one private
+import under tests/).
+"""
 
 from typing import NamedTuple
 
@@ -7,7 +14,6 @@ import jax.numpy as jnp
 import pytest
 
 import hyperjax as hj
-from hyperjax._src import paths
 
 
 class Pair(NamedTuple):
@@ -35,16 +41,18 @@ def _hand_written_path_str(key_path):
     return "/".join(name(k) for k in key_path)
 
 
+def _spec(tree):
+    return hj.targets.from_fn(lambda p, x: x, tree)
+
+
 def test_path_strings_for_dicts_sequences_and_attributes():
     tree = {"enc": [Pair(jnp.zeros(2), jnp.zeros(1))], "dec": {"kernel": jnp.zeros(3)}}
-    got = [p for p, _ in paths.leaves_with_paths(tree)]
-    assert got == ["dec/kernel", "enc/0/w", "enc/0/b"]
+    spec = _spec(tree)
+    assert spec.paths == ("dec/kernel", "enc/0/w", "enc/0/b")
+    assert list(spec.leaf_dict(tree)) == list(spec.paths)
+    assert [p for p, _ in hj.testing.leaves_with_paths(tree)] == list(spec.paths)
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    assert [paths.path_str(kp) for kp, _ in flat] == got
-    assert paths.key_name(jax.tree_util.DictKey("a")) == "a"
-    assert paths.key_name(jax.tree_util.SequenceKey(3)) == "3"
-    assert paths.key_name(jax.tree_util.GetAttrKey("w")) == "w"
-    assert paths.key_name(jax.tree_util.FlattenedIndexKey(2)) == "2"
+    assert [hj.testing.path_of(kp) for kp, _ in flat] == list(spec.paths)
 
 
 @pytest.mark.parametrize("tree,want", [
@@ -58,18 +66,19 @@ def test_keystr_paths_equal_the_hand_written_ones(tree, want):
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     kinds = {type(k).__name__ for kp, _ in flat for k in kp}
     assert kinds and kinds <= {"DictKey", "SequenceKey", "GetAttrKey", "FlattenedIndexKey"}
-    assert [paths.path_str(kp) for kp, _ in flat] == [_hand_written_path_str(kp) for kp, _ in flat] == want
-    assert [p for p, _ in paths.leaves_with_paths(tree)] == want
-    assert paths.path_str(()) == ""
+    assert [_hand_written_path_str(kp) for kp, _ in flat] == want
+    assert list(_spec(tree).paths) == want
+    assert [p for p, _ in hj.testing.leaves_with_paths(tree)] == want
+    assert hj.testing.path_of(()) == ""
 
 
 def test_equinox_paths_equal_the_hand_written_ones():
     eqx = pytest.importorskip("equinox")
     mlp = eqx.nn.MLP(2, 1, 3, 1, key=jax.random.key(0))
-    flat, _ = jax.tree_util.tree_flatten_with_path(mlp)
-    got = [paths.path_str(kp) for kp, _ in flat]
-    assert got == [_hand_written_path_str(kp) for kp, _ in flat]
-    assert "layers/0/weight" in got
+    flat, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(mlp, eqx.is_inexact_array))
+    want = [_hand_written_path_str(kp) for kp, _ in flat]
+    assert list(hj.targets.from_equinox(mlp).paths) == want
+    assert "layers/0/weight" in want
 
 
 @pytest.mark.parametrize("pattern,path,want", [
@@ -84,34 +93,56 @@ def test_select_globs(pattern, path, want):
     assert hj.select(pattern)(path, None) is want
 
 
-def test_select_several_patterns_and_as_selector():
-    sel = hj.select("*/bias", "head/*")
-    assert sel("x/bias") and sel("head/w") and not sel("x/w")
-    assert paths.as_selector("*/w")("a/w", None)
-    assert paths.as_selector(["a/*", "b"])("b", None)
-    pred = lambda p, leaf: leaf.ndim == 2          # noqa: E731
-    assert paths.as_selector(pred) is pred
+SPEC_TREE = {"a": {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}, "head": {"w": jnp.zeros(3)}}
+
+
+@pytest.mark.parametrize("where,want", [
+    ("*/w", ("a/w", "head/w")),                                    # one glob
+    (["a/*", "head/w"], ("a/b", "a/w", "head/w")),                 # a list of globs
+    (("a/b",), ("a/b",)),                                          # a tuple
+    (hj.select("*/b", "head/*"), ("a/b", "head/w")),               # several patterns in one selector
+    (lambda p, leaf: leaf.ndim == 2, ("a/w",)),                    # a (path, leaf) predicate
+], ids=["glob", "list", "tuple", "select", "predicate"])
+def test_where_forms_select_the_same_way(where, want):
+    assert _spec(SPEC_TREE).select(where) == want
 
 
 @pytest.mark.parametrize("bad", [(), (3,), ("a", None)])
 def test_select_rejects_non_strings(bad):
-    with pytest.raises(TypeError, match="expected one or more glob strings"):
+    with pytest.raises(TypeError, match=r"^hyperjax.select: expected one or more glob strings"):
         hj.select(*bad)
 
 
-def test_as_selector_rejects_other_types():
-    with pytest.raises(TypeError, match=r"`where` must be a glob string, a list of globs or a .* got int"):
-        paths.as_selector(3)
+@pytest.mark.parametrize("bad,shown", [(3, "int"), ({"a": 1}, "dict"), ([1, 2], r"list \[1, 2\]")])
+def test_where_of_another_type_is_a_type_error(bad, shown):
+    with pytest.raises(TypeError, match=r"^hyperjax.TargetSpec.select: `where` must be a glob string, a list of "
+                                        r"globs or a \(path, leaf\) -> bool predicate, got " + shown):
+        _spec(SPEC_TREE).select(bad)
 
 
-def test_describe():
-    assert paths.describe("*/w") == "'*/w'"
-    assert paths.describe(["a", "b"]) == "'a', 'b'"
-    assert paths.describe(hj.select("a", "b")) == "'a', 'b'"
+def only_kernels(p, leaf):
+    return p.endswith("kernel")
 
-    def only_kernels(p, leaf):
-        return p.endswith("kernel")
-    assert paths.describe(only_kernels) == "only_kernels"
+
+@pytest.mark.parametrize("where,shown", [
+    ("*/x", "'*/x'"), (["x", "y"], "'x', 'y'"), (hj.select("x", "y"), "'x', 'y'"), (only_kernels, "only_kernels"),
+], ids=["glob", "list", "select", "function"])
+def test_no_match_message_describes_where(where, shown):
+    with pytest.raises(ValueError) as info:
+        _spec(SPEC_TREE).select(where)
+    assert str(info.value) == (f"hyperjax.TargetSpec.select: `where`={shown} matches no leaf of the target. "
+                               f"Available paths: a/b, a/w, head/w")
+
+
+# ------------------------------------------------------------------ private helpers with no public form
+from hyperjax._src import paths  # noqa: E402  (nest / unnest / key_name: used by generators, not exported)
+
+
+def test_key_name():
+    assert paths.key_name(jax.tree_util.DictKey("a")) == "a"
+    assert paths.key_name(jax.tree_util.SequenceKey(3)) == "3"
+    assert paths.key_name(jax.tree_util.GetAttrKey("w")) == "w"
+    assert paths.key_name(jax.tree_util.FlattenedIndexKey(2)) == "2"
 
 
 def test_nest_unnest_round_trip():
@@ -127,10 +158,10 @@ def test_nest_unnest_round_trip():
 def test_nest_unnest_of_a_tree_with_paths():
     """nest({path: leaf}) is an ordinary nested dict whose leaf paths are those paths again."""
     tree = {"enc": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}, "head": {"w": jnp.ones(1)}}
-    flat = dict(paths.leaves_with_paths(tree))
+    flat = hj.testing.leaf_dict(tree)
     nested = paths.nest(flat)
     assert jax.tree.structure(nested) == jax.tree.structure(tree)
-    assert [p for p, _ in paths.leaves_with_paths(nested)] == list(flat)
+    assert list(hj.testing.leaf_dict(nested)) == list(flat)
     assert all(paths.unnest(nested, flat)[p] is flat[p] for p in flat)
 
 
