@@ -183,8 +183,10 @@ class IdCond(NamedTuple):
             raise ValueError(f"hyperjax.{who}: this generator was built with num_conds={self.num_conds}: call "
                              f"apply(hparams, cond) with an integer id in [0, {self.num_conds}).")
         checks.cond_index(cond, self.num_conds, who)
-        checkify.debug_check((cond >= 0) & (cond < self.num_conds),
-                             f"hyperjax.{who}: conditioning id {{id}} out of range [0, {self.num_conds})", id=cond)
+        if isinstance(cond, jax.core.Tracer):     # concrete ids were checked above
+            checkify.debug_check((cond >= 0) & (cond < self.num_conds),
+                                 f"hyperjax.{who}: conditioning id {{id}} out of range [0, {self.num_conds})",
+                                 id=cond)
         idx = jnp.where(cond >= 0, cond, self.num_conds)
         return jnp.take(hparams["embedding"]["cond_emb"], idx, axis=0, mode="fill", fill_value=jnp.nan)
 
