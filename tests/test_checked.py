@@ -68,3 +68,12 @@ def test_negative_traced_id_is_caught_too():
     hp = gen.init(jax.random.key(1))
     with pytest.raises(ValueError, match=MATCH.format("dense", -1)):
         hj.checked(gen.apply)(hp, jnp.int32(-1))
+
+
+def test_python_int_ids_work_eagerly_and_under_jit(built):
+    name, gen, hp = built
+    want = gen.apply(hp, jnp.int32(2))
+    for got in (gen.apply(hp, 2), jax.jit(lambda h: gen.apply(h, 2))(hp), hj.checked(lambda h: gen.apply(h, 2))(hp)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got, want)
+    with pytest.raises(ValueError, match=r"conditioning id 4 out of range \[0, 4\)"):
+        gen.apply(hp, 4)
