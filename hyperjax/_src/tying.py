@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from hyperjax._src import checks
 from hyperjax._src import paths as _paths
 from hyperjax._src.spec import TargetSpec, check_params, leaves_and_treedef, spec_from_params
 from hyperjax._src.types import Params, PRNGKey
@@ -86,6 +87,9 @@ def _full_spec(target: Any) -> tuple[TargetSpec, Callable[[str], tuple[TargetSpe
     if isinstance(target, TargetSpec):
         return target, lambda p: (target, p)
     if _is_spec_map(target):
+        for k, v in target.items():
+            if not isinstance(v, TargetSpec):
+                checks.array_leaves(v, f"target[{k!r}]", "tie")
         specs = {str(k): (v if isinstance(v, TargetSpec) else
                           spec_from_params(_no_apply, v, framework="tree")) for k, v in target.items()}
         names = tuple(specs)
@@ -115,7 +119,9 @@ def _full_spec(target: Any) -> tuple[TargetSpec, Callable[[str], tuple[TargetSpe
             name, _, rest = path.partition("/")
             return specs[name], rest
         return full, origin
-    if isinstance(target, Mapping) or jax.tree.leaves(target):
+    if isinstance(target, Mapping) or (jax.tree.leaves(target) and not jax.tree_util.treedef_is_leaf(
+            jax.tree_util.tree_structure(target))):          # a container of leaves, not a bare array or number
+        checks.array_leaves(target, "target", "tie")
         full = spec_from_params(_no_apply, target, framework="tree")
         return full, lambda p: (full, p)
     raise TypeError(f"{_WHO}: `target` must be a TargetSpec, a dict of TargetSpecs (a tie across targets) or a "
@@ -125,9 +131,16 @@ def _full_spec(target: Any) -> tuple[TargetSpec, Callable[[str], tuple[TargetSpe
 def _as_ties(ties: Any, source: Any, dest: Any, fn: Any) -> list[Tie]:
     if isinstance(ties, Tie) or (isinstance(ties, tuple) and ties and isinstance(ties[0], str)):
         ties = [ties]
+    if isinstance(ties, (str, Mapping)) or not isinstance(ties, Sequence):
+        raise TypeError(f"{_WHO}: `ties` must be a list of hj.Tie(source, dest, fn=None) or (source, dest[, fn]) "
+                        f"tuples, got {type(ties).__name__}.")
     out = []
     for t in ties:
         if isinstance(t, Mapping):
+            unknown = sorted(map(str, set(t) - set(Tie._fields)))
+            if unknown or not {"source", "dest"} <= set(t):
+                raise TypeError(f"{_WHO}: a tie given as a dict needs the keys 'source' and 'dest' (and optionally "
+                                f"'fn'), got {sorted(map(str, t))}.")
             t = Tie(**t)
         if not isinstance(t, tuple) or len(t) not in (2, 3) or not isinstance(t[0], str):
             raise TypeError(f"{_WHO}: each tie must be hj.Tie(source, dest, fn=None) or a tuple "
@@ -282,11 +295,15 @@ def tie(target: Any, ties: Any = (), *, source: str | None = None, dest: str | S
     available = full.paths
     links: dict[str, tuple[str, Any]] = {}
     for t in _as_ties(ties, source, dest, fn):
+        if not isinstance(t.source, str):
+            raise TypeError(f"{_WHO}: source must be a leaf path (str), got {t.source!r}. Available paths: "
+                            f"{_shown(available)}")
         if t.source not in full.leaves:
             raise _unknown_source(t.source, available)
         if t.fn is not None and not callable(t.fn):
             raise TypeError(f"{_WHO}: fn for source '{t.source}' must be callable (leaf -> leaf), got {t.fn!r}.")
-        patterns = (t.dest,) if isinstance(t.dest, str) else tuple(t.dest)
+        patterns = (t.dest,) if isinstance(t.dest, str) else (
+            tuple(t.dest) if isinstance(t.dest, Sequence) else ())
         if not patterns or not all(isinstance(p, str) for p in patterns):
             raise TypeError(f"{_WHO}: dest must be a path, a glob or a list of them, got {t.dest!r}.")
         sel = _paths.select(*patterns)
@@ -304,8 +321,11 @@ def tie(target: Any, ties: Any = (), *, source: str | None = None, dest: str | S
             except Exception as e:   # fn cannot take the source at all
                 raise ValueError(f"{_WHO}: fn for dest '{d}' {_fmt(d_struct)} fails on source '{t.source}' "
                                  f"{_fmt(s_struct)}: {type(e).__name__}: {e}") from e
-            if not hasattr(got, "shape") or tuple(got.shape) != tuple(d_struct.shape) or got.dtype != d_struct.dtype:
-                got = got if hasattr(got, "shape") else jax.ShapeDtypeStruct((), jnp.float32)
+            if not isinstance(got, jax.ShapeDtypeStruct):    # fn returned a tuple, a dict, None, ...
+                raise ValueError(f"{_WHO}: fn for dest '{d}' {_fmt(d_struct)} must return one array from source "
+                                 f"'{t.source}' {_fmt(s_struct)}, got "
+                                 f"{jax.tree.map(_fmt, got) if jax.tree.leaves(got) else type(got).__name__}.")
+            if tuple(got.shape) != tuple(d_struct.shape) or got.dtype != d_struct.dtype:
                 raise _shape_mismatch(t.source, s_struct, d, d_struct, got, t.fn)
             links[d] = (t.source, t.fn)
     roots = _resolve(links)

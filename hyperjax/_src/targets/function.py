@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hyperjax._src import checks
 from hyperjax._src.spec import spec_from_params, TargetSpec
 from hyperjax._src.types import Params, PRNGKey
 
@@ -15,5 +16,14 @@ def from_fn(apply_fn: Callable[..., Any], example_params: Any, *,
 
     `layout` says how kernels are laid out for fan computation ("in_out" = (..., in, out), "out_in").
     Without `init_fn`, `init(key)` draws LeCun-normal kernels and small uniform vectors.
+
+    Raises:
+      TypeError: `apply_fn` / `init_fn` not callable; `example_params` does not flatten, or has a leaf that is no
+        array, ShapeDtypeStruct or number (naming its path).
+      ValueError: no leaves, a non-floating leaf, two leaves with one path string, an unknown layout.
     """
+    if not callable(apply_fn):
+        raise TypeError(f"hyperjax.from_fn: `apply_fn` must be callable as apply_fn(params, *args), got "
+                        f"{type(apply_fn).__name__}.")
+    checks.array_leaves(example_params, "example_params", "from_fn")
     return spec_from_params(apply_fn, example_params, init_fn=init_fn, layout=layout, framework="function")

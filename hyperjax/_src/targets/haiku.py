@@ -20,7 +20,8 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
 
     Raises:
       ImportError: dm-haiku is not installed (names the extra).
-      TypeError: `transformed` is not the result of hk.transform / hk.transform_with_state.
+      TypeError: `transformed` is not the result of hk.transform / hk.transform_with_state (hk.multi_transform
+        and linen modules, which also have init/apply, included).
       ValueError: non-empty Haiku state without with_state=True.
     """
     try:
@@ -28,8 +29,11 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
     except ImportError as e:
         raise checks.missing_extra("haiku", "dm-haiku", "from_haiku") from e
 
-    if not hasattr(transformed, "init") or not hasattr(transformed, "apply"):
-        raise TypeError(f"hyperjax.from_haiku: expected the result of hk.transform, got {type(transformed).__name__}.")
+    if not isinstance(transformed, (hk.Transformed, hk.TransformedWithState)):   # not just any object with
+        # init/apply: a linen module and hk.multi_transform have both and failed (or ran) far from here
+        hint = " For a flax.linen module use from_linen." if type(transformed).__module__.startswith("flax") else ""
+        raise TypeError(f"hyperjax.from_haiku: expected the result of hk.transform, got {type(transformed).__name__} "
+                        f"(hk.transform_with_state also works; hk.multi_transform does not).{hint}")
     stateful = isinstance(transformed, hk.TransformedWithState)
 
     def init_all(key, args, kwargs):
