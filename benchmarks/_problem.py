@@ -27,18 +27,7 @@ def target_params(dims: Sequence[int]) -> int:
 
 def mlp_spec(dims: Sequence[int]) -> hj.TargetSpec:
     """TargetSpec of a linen MLP dims[0] -> ... -> dims[-1] with ReLU (paths Dense_i/kernel, Dense_i/bias)."""
-    import flax.linen as nn
-
-    class MLP(nn.Module):
-        features: tuple[int, ...]
-
-        @nn.compact
-        def __call__(self, x):
-            for f in self.features[:-1]:
-                x = nn.relu(nn.Dense(f)(x))
-            return nn.Dense(self.features[-1])(x)
-
-    return hj.targets.from_linen(MLP(tuple(dims[1:])), jnp.zeros((1, dims[0]), jnp.float32))
+    return hj.testing.mlp_spec(tuple(dims))
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:

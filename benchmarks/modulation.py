@@ -28,7 +28,6 @@ import statistics
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,17 +41,6 @@ FULL = {"mlps": {"256-512-512-10": (256, 512, 512, 10), "64-100-10": (64, 100, 1
         "cond_dim": 8, "hidden": 32, "rank": 4, "rounds": 20, "warmup": 3, "budget_s": 5.0}
 QUICK = {"mlps": {"8-6-3": (8, 6, 3)}, "batch": 4, "cond_dim": 2, "hidden": 4, "rank": 2, "rounds": 3,
          "warmup": 1, "budget_s": 0.0}
-
-
-class MLP(nn.Module):
-    features: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x):
-        for i, f in enumerate(self.features):
-            x = nn.Dense(f)(x)
-            x = nn.relu(x) if i < len(self.features) - 1 else x
-        return x
 
 
 def forward(p: Any, x: jax.Array, n_layers: int) -> jax.Array:
@@ -103,7 +91,7 @@ def timed_rounds(fns: dict[str, Any], rounds: int, warmup: int, budget_s: float 
 
 
 def run_case(kind: str, widths: tuple[int, ...], cfg: dict) -> dict[str, Any]:
-    spec = hj.targets.from_linen(MLP(tuple(widths[1:])), jnp.zeros((1, widths[0]), jnp.float32))
+    spec = hj.testing.mlp_spec(widths)   # linen MLP, ReLU between Dense layers
     if kind == "low_rank":
         gen = hj.generators.low_rank(spec, cond_dim=cfg["cond_dim"], rank=cfg["rank"], hidden=cfg["hidden"])
     else:

@@ -33,7 +33,6 @@ import os
 import statistics
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,20 +49,6 @@ CASES = {
 }
 
 
-class MLP(nn.Module):
-    """x: f32[batch, widths[0]] -> f32[batch, widths[-1]], ReLU between Dense layers."""
-
-    features: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x):
-        for i, f in enumerate(self.features):
-            x = nn.Dense(f)(x)
-            if i < len(self.features) - 1:
-                x = nn.relu(x)
-        return x
-
-
 def cross_entropy(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -77,7 +62,7 @@ def library(case: dict, opt: optax.GradientTransformation):
     gradient norm; timed on a state holding a typed key.
     """
     widths = case["widths"]
-    spec = hj.targets.from_linen(MLP(features=widths[1:]), jnp.zeros((1, widths[0]), jnp.float32))
+    spec = hj.testing.mlp_spec(widths)   # linen MLP, ReLU between Dense layers
     if "chunk_size" in case:
         hnet = hj.generators.chunked(spec, cond_dim=case["cond_dim"], chunk_size=case["chunk_size"],
                                      chunk_emb_dim=case["chunk_emb_dim"], hidden=case["hidden"], num_conds=1)
