@@ -225,3 +225,14 @@ def test_empty_batch_gives_empty_outputs(cases, name, maybe_jit):
     with pytest.raises(ValueError, match=r"^hyperjax.generators.(dense|chunked): "):
         hj.generate_batch(gen, hparams, wrong_row)
 
+
+
+def test_numpy_conds_under_jit(cases):
+    """NumPy conds closed over in a jitted function: converted first (vmapping a NumPy constant breaks checkify's
+    batching of the generators' traced id check with a TracerArrayConversionError)."""
+    spec, gen, hparams, conds, xs, has_axis = cases["ids"]
+    ids = np.asarray(conds)
+    ys = jax.jit(lambda hp: hj.per_sample(gen, spec)(hp, ids, xs))(hparams)
+    np.testing.assert_allclose(ys, hj.per_sample(gen, spec)(hparams, conds, xs), rtol=1e-6, atol=1e-6)
+    batch = jax.jit(lambda hp: hj.generate_batch(gen, hp, ids))(hparams)
+    chex.assert_trees_all_close(batch, hj.generate_batch(gen, hparams, conds), rtol=1e-6, atol=1e-6)

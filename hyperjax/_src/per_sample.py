@@ -24,8 +24,12 @@ def _check_hnet(hnet: Any, who: str) -> None:
                         f"(a factory's result from hyperjax.generators), got {type(hnet).__name__}.")
 
 
-def _check_conds(conds: Any, who: str, need_axis: bool = True) -> None:
-    """conds must be one array (or ShapeDtypeStruct) with a leading batch axis (checked when `need_axis`)."""
+def _check_conds(conds: Any, who: str, need_axis: bool = True) -> Any:
+    """conds must be one array (or ShapeDtypeStruct) with a leading batch axis (checked when `need_axis`).
+
+    Returns conds, a NumPy array as a jax array: vmapping a NumPy constant under `jit` breaks `checkify`'s
+    batching of the generators' traced id check (it indexes the NumPy payload with a tracer).
+    """
     if conds is None:
         raise ValueError(f"hyperjax.{who}: `conds` is None, but per-example weights need one cond per example "
                          f"(f[B, cond_dim] or int[B] ids). A static generator (cond_dim=None) makes one weight set: "
@@ -36,6 +40,7 @@ def _check_conds(conds: Any, who: str, need_axis: bool = True) -> None:
     if need_axis and jnp.ndim(conds) == 0:
         raise ValueError(f"hyperjax.{who}: conds needs a leading batch axis (f[B, cond_dim] or int[B] ids), got "
                          f"shape (); for a single cond call hnet.apply(hparams, cond).")
+    return jnp.asarray(conds) if isinstance(conds, (np.ndarray, np.generic)) else conds
 
 
 def _default_batch_axis(target: TargetSpec) -> bool:
@@ -115,7 +120,7 @@ def per_sample(hnet: HyperNetwork, target: TargetSpec, *, example_has_batch_axis
     batched = jax.vmap(one, in_axes=(None, 0, 0))
 
     def fn(hparams: HParams, conds: Array, xs: Any) -> Any:
-        _check_conds(conds, who, need_axis=False)
+        conds = _check_conds(conds, who, need_axis=False)
         n_cond = jnp.shape(conds)[0] if jnp.ndim(conds) else None
         n_x = {jnp.shape(a)[0] if jnp.ndim(a) else None for a in jax.tree.leaves(xs)}
         if n_cond is None or n_x != {n_cond}:
@@ -138,7 +143,7 @@ def generate_batch(hnet: HyperNetwork, hparams: HParams, conds: Array) -> Any:
     """
     who = "generate_batch"
     _check_hnet(hnet, who)
-    _check_conds(conds, who)
+    conds = _check_conds(conds, who)
     if math.prod(jnp.shape(conds)[:1]) == 0:
         return _empty_batch(hnet.apply, (hparams, conds), (False, True))
     return jax.vmap(hnet.apply, in_axes=(None, 0))(hparams, conds)
