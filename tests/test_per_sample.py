@@ -168,13 +168,26 @@ def test_default_batch_axis_follows_the_framework():
     assert any("example_has_batch_axis=True" in note for note in getattr(info.value, "__notes__", []))
 
 
-def test_default_batch_axis_of_other_frameworks():
-    from hyperjax._src.per_sample import _default_batch_axis
-    nnx_like = hj.targets.from_fn(_vector_apply, {"w": jnp.zeros((5, 2)), "b": jnp.zeros(2)})
-    assert _default_batch_axis(nnx_like) is True                    # from_fn: a batch of one, as before
+def test_default_batch_axis_of_other_frameworks(key):
+    """from_fn: a batch of one (x[None]), as before; a tie across Equinox targets: unbatched examples."""
+    seen = []
+
+    def spy(p, x):                                  # records the example shape apply is called with
+        seen.append(tuple(jnp.shape(x)))
+        return x @ p["w"]
+    fn_spec = hj.targets.from_fn(spy, {"w": jax.ShapeDtypeStruct((5, 2), jnp.float32)})
+    gen = hj.generators.dense(fn_spec, cond_dim=3, hidden=4)
+    out = jax.eval_shape(hj.per_sample(gen, fn_spec), jax.eval_shape(gen.init, key), VEC_CONDS, XS)
+    assert seen[-1] == (1, 5) and out.shape == (B, 2)
     eqx_spec = hj.targets.from_equinox(_eqx_mlp())
     tied = hj.tie({"a": eqx_spec, "b": eqx_spec}, source="a/layers/0/bias", dest="b/layers/0/bias")
-    assert tied.framework == "equinox+equinox" and _default_batch_axis(tied) is False
+    assert tied.framework == "equinox+equinox"
+    gen = hj.generators.dense(tied, cond_dim=3, hidden=4)
+    hp = jax.eval_shape(gen.init, key)
+    out = jax.eval_shape(hj.per_sample(gen, tied), hp, VEC_CONDS, {"a": XS, "b": XS})   # x, not x[None]
+    assert out["a"].shape == out["b"].shape == (B, 3)
+    with pytest.raises(Exception, match=r"shape|size|dim"):          # what x[None] does to an Equinox Linear
+        jax.eval_shape(hj.per_sample(gen, tied, example_has_batch_axis=True), hp, VEC_CONDS, {"a": XS, "b": XS})
     mixed = hj.tie({"a": eqx_spec, "b": _linen_spec()}, source="a/layers/1/bias", dest="b/Dense_0/bias")
     gen = hj.generators.dense(mixed, cond_dim=3, hidden=4)
     with pytest.raises(ValueError, match=r"hyperjax.per_sample: the target mixes frameworks \(equinox\+linen\).*"
