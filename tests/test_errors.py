@@ -621,7 +621,7 @@ def test_id_dtype_error_is_a_type_error_under_jit(ctx):
 def test_missing_framework_says_what_to_install(monkeypatch, module, adapter, package, extra):
     monkeypatch.setitem(sys.modules, module, None)         # `import <module>` now raises ImportError
     # the adapters name themselves 'hyperjax.<adapter>' today, 'hyperjax.targets.<adapter>' once fixed (GAP rows)
-    match = (rf"^hyperjax\.(targets\.)?{adapter} needs {package}, which is not installed\. Install it with: "
+    match = (rf"^hyperjax\.(targets\.)?{adapter}: needs {package}, which is not installed\. Install it with: "
              rf"pip install 'hyperjax\[{extra}\]' \(or pip install {package}\)")
     with pytest.raises(ImportError, match=match):
         getattr(hj.targets, adapter)(object())

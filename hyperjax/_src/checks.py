@@ -189,7 +189,7 @@ def leaf_like(path: str, value: Any, want: jax.ShapeDtypeStruct, who: str) -> No
 
 
 def missing_extra(extra: str, package: str, who: str) -> ImportError:
-    return ImportError(f"hyperjax.{who} needs {package}, which is not installed. "
+    return ImportError(f"hyperjax.{who}: needs {package}, which is not installed. "
                        f"Install it with: pip install 'hyperjax[{extra}]' (or pip install {package}).")
 
 

@@ -91,5 +91,5 @@ def test_not_an_equinox_module():
 
 def test_missing_equinox_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "equinox", None)        # `import equinox` now raises ImportError
-    with pytest.raises(ImportError, match=r"from_equinox needs equinox.*pip install 'hyperjax\[equinox\]'"):
+    with pytest.raises(ImportError, match=r"from_equinox: needs equinox.*pip install 'hyperjax\[equinox\]'"):
         hj.targets.from_equinox(object())

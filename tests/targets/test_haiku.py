@@ -103,5 +103,5 @@ def test_missing_haiku_names_the_extra(monkeypatch):
 
     monkeypatch.delitem(sys.modules, "haiku")
     monkeypatch.setattr(builtins, "__import__", no_haiku)
-    with pytest.raises(ImportError, match=r"from_haiku needs dm-haiku.*pip install 'hyperjax\[haiku\]'"):
+    with pytest.raises(ImportError, match=r"from_haiku: needs dm-haiku.*pip install 'hyperjax\[haiku\]'"):
         hj.targets.from_haiku(object(), X)
