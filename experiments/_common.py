@@ -14,6 +14,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import hyperjax as hj
+
+
+class CompilationCache(argparse.Action):
+    """--compilation-cache DIR: turn on JAX's persistent compilation cache in DIR when the flag is parsed."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        enable_compilation_cache(values)
+        setattr(namespace, self.dest, values)
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache: compiled programs are written to `directory` and re-used by later
+    processes (every program, however small or quick to compile)."""
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
 
 def parser(name: str, description: str, steps: int, images: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
@@ -24,6 +42,10 @@ def parser(name: str, description: str, steps: int, images: bool = True) -> argp
         p.add_argument("--mnist", default=None, metavar="PATH",
                        help="local MNIST (.npz or folder of IDX files); default: scikit-learn digits")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    p.add_argument("--steps-per-call", type=int, default=10,
+                   help="training steps per compiled call (make_step(steps_per_call=k)); the same updates")
+    p.add_argument("--compilation-cache", default=None, metavar="DIR", action=CompilationCache,
+                   help="JAX persistent compilation cache directory (warm restarts skip recompiling)")
     return p
 
 
@@ -34,28 +56,54 @@ def progress(iterable, total: int, desc: str, disable: bool = False):
 
 
 def train_loop(step, state, order, data: tuple[Any, Any], steps: int, eval_every: int, accuracy, desc: str,
-               disable: bool = False) -> tuple[Any, dict[str, list[float]], float]:
+               disable: bool = False, multi: tuple[int, Any] | None = None
+               ) -> tuple[Any, dict[str, list[float]], float]:
     """Run `steps` jitted steps on batches data[idx] for idx from `order`, evaluating every `eval_every`.
 
     step: (state, batch) -> (state, metrics with "loss"); accuracy: params -> scalar test accuracy.
+    multi: (k, step_k) with step_k = make_step(..., steps_per_call=k): runs of k steps that fit before the next
+      evaluation go in one call over k stacked batches (bitwise the same updates, one dispatch); the rest, and
+      runs with multi=None, one step per call.
     Returns (state, curve {"step", "train_loss", "test_accuracy"} starting at step 0, seconds).
     Losses stay on the device between evaluations (no per-step host round trip).
     """
     x_tr, y_tr = data
+    k, step_k = multi if multi is not None else (1, None)
     curve = {"step": [0], "train_loss": [float("nan")], "test_accuracy": [float(accuracy(state.params))]}
     losses = []
     t0 = time.perf_counter()
-    for i in progress(range(1, steps + 1), steps, desc, disable=disable):
-        idx = next(order)
-        state, metrics = step(state, (x_tr[idx], y_tr[idx]))
-        losses.append(metrics["loss"])
-        if i % eval_every == 0 or i == steps:
+    bar = progress(None, steps, desc, disable=disable)
+    i = 0
+    while i < steps:
+        next_eval = min(steps, (i // eval_every + 1) * eval_every)
+        if step_k is not None and next_eval - i >= k:
+            idx = np.stack([next(order) for _ in range(k)])
+            state, metrics = step_k(state, (x_tr[idx], y_tr[idx]))
+            losses.extend(metrics["loss"][j] for j in range(k))
+            n = k
+        else:
+            idx = next(order)
+            state, metrics = step(state, (x_tr[idx], y_tr[idx]))
+            losses.append(metrics["loss"])
+            n = 1
+        i += n
+        bar.update(n)
+        if i == next_eval:
             curve["step"].append(i)
             curve["train_loss"].append(float(np.mean([float(v) for v in losses])))
             curve["test_accuracy"].append(float(accuracy(state.params)))
             losses = []
+    bar.close()
     jax.block_until_ready(state.params)
     return state, curve, time.perf_counter() - t0
+
+
+def make_steps(loss_fn, opt, steps_per_call: int, **kwargs: Any) -> tuple[Any, tuple[int, Any] | None]:
+    """(one-step make_step, train_loop's `multi` for steps_per_call > 1 or None)."""
+    step = hj.training.make_step(loss_fn, opt, **kwargs)
+    if steps_per_call <= 1:
+        return step, None
+    return step, (steps_per_call, hj.training.make_step(loss_fn, opt, steps_per_call=steps_per_call, **kwargs))
 
 
 def alternating_round(steps: list):
@@ -81,8 +129,6 @@ def alternating_round(steps: list):
 def params_sha256(tree: Any) -> str:
     """Hex sha256 of a params pytree: for every leaf in tree (key-path) order, its path, dtype and shape, then
     its raw C-order bytes (typed PRNG keys as their key data). Equal hashes mean bitwise equal trees."""
-    import hyperjax as hj
-
     h = hashlib.sha256()
     for path, leaf in hj.testing.leaves_with_paths(tree):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):

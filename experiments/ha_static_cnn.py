@@ -67,8 +67,8 @@ def optimizer(lr: float, steps: int, warmup: int) -> optax.GradientTransformatio
     return optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 1e-2))
 
 
-def make_trainer(spec, to_target, opt, x_te, y_te):
-    """-> (jitted step(state, batch), jitted accuracy(params)); built once per model, reused for every seed."""
+def make_trainer(spec, to_target, opt, x_te, y_te, steps_per_call=1):
+    """-> ((jitted step, train_loop's multi), jitted accuracy(params)); built once per model, reused per seed."""
     def loss_fn(p, batch, rng):
         x, y = batch
         return optax.softmax_cross_entropy_with_integer_labels(spec.apply(to_target(p), x), y).mean()
@@ -83,15 +83,16 @@ def make_trainer(spec, to_target, opt, x_te, y_te):
         rest = chunk((x_te[n:], y_te[n:])) if n < len(x_te) else 0
         return (jnp.sum(hits) + rest) / len(x_te)
 
-    return hj.training.make_step(loss_fn, opt), accuracy
+    return _common.make_steps(loss_fn, opt, steps_per_call), accuracy
 
 
-def train(name, params, step, accuracy, opt, data, args, seed):
+def train(name, params, steps, accuracy, opt, data, args, seed):
+    step, multi = steps
     x_tr, y_tr = data
     state = jax.jit(lambda p: hj.training.init_state(p, opt))(params)
     order = _data.batches(np.random.default_rng(seed), len(x_tr), args.batch_size)
     state, curve, seconds = _common.train_loop(step, state, order, (x_tr, y_tr), args.steps, args.eval_every, accuracy,
-                                               f"{name} seed {seed}", disable=args.no_progress)
+                                               f"{name} seed {seed}", disable=args.no_progress, multi=multi)
     return state.params, curve, seconds
 
 
@@ -128,7 +129,7 @@ def main(argv=None) -> dict:
     runs: dict[str, list] = {k: [] for k in models}
     counts = {}
     for name, (init, to_target) in models.items():
-        step, accuracy = make_trainer(spec, to_target, opt, x_te_j, y_te_j)
+        step, accuracy = make_trainer(spec, to_target, opt, x_te_j, y_te_j, args.steps_per_call)
         for r in range(args.repeats):
             seed = args.seed + r
             params = init(jax.random.key(seed))

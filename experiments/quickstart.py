@@ -108,11 +108,11 @@ def train(name, params, to_target, spec, data, opt, args, seed):
     def accuracy(p):
         return jnp.mean(jnp.argmax(spec.apply(to_target(p), x_te), -1) == y_te)
 
-    step = hj.training.make_step(loss_fn, opt)
+    step, multi = _common.make_steps(loss_fn, opt, args.steps_per_call)
     state = jax.jit(lambda p, k: hj.training.init_state(p, opt, k))(params, jax.random.key(seed))  # one compile
     order = _data.batches(np.random.default_rng(seed), len(x_tr), args.batch_size)
     state, curve, seconds = _common.train_loop(step, state, order, (x_tr, y_tr), args.steps, args.eval_every, accuracy,
-                                               name, disable=args.no_progress)
+                                               name, disable=args.no_progress, multi=multi)
     return state.params, curve, seconds
 
 

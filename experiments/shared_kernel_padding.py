@@ -82,11 +82,11 @@ def train(name, spec_like, params, data, opt, args):
     def accuracy(p):
         return jnp.mean(jnp.argmax(spec_like.apply(p, x_te), -1) == y_te)
 
-    step = hj.training.make_step(loss_fn, opt)
+    step, multi = _common.make_steps(loss_fn, opt, args.steps_per_call)
     state = hj.training.init_state(params, opt, jax.random.key(args.seed))
     order = _data.batches(np.random.default_rng(args.seed), len(x_tr), args.batch_size)
     state, curve, seconds = _common.train_loop(step, state, order, (x_tr, y_tr), args.steps, args.eval_every, accuracy,
-                                               name, disable=args.no_progress)
+                                               name, disable=args.no_progress, multi=multi)
     return state, curve, seconds, step
 
 
