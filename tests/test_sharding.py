@@ -103,7 +103,7 @@ def test_rules_match_through_select_globs_lists_and_predicates():
     ((), "data", r"`default` must be a PartitionSpec, got str"),
 ], ids=["str-rules", "str-spec", "swapped", "int-glob", "default"])
 def test_malformed_rules_are_type_errors(rules, default, match):
-    with pytest.raises(TypeError, match=r"^hyperjax.sharding: " + match):
+    with pytest.raises(TypeError, match=r"^hyperjax.sharding.shardings: " + match):
         hjs.shardings({"w": np.zeros(4)}, _mesh(), rules, default)
 
 
@@ -125,11 +125,13 @@ AVAILABLE = r"Available paths: direct/bias, hyper/mlp/0/b, hyper/mlp/0/w\."
 def test_a_rule_that_matches_no_leaf_is_an_error(fn):
     """A misspelt path ("hyper/mlp/1/w" for a one-layer MLP) used to leave the leaf silently replicated."""
     rules = [("hyper/mlp/0/w", P("data")), ("hyper/mlp/1/w", P(None, "data"))]
-    with pytest.raises(ValueError, match=r"^hyperjax.sharding: rule 'hyper/mlp/1/w' matches no leaf of the tree, so "
+    with pytest.raises(ValueError, match=rf"^hyperjax.sharding.{fn.__name__}: rule 'hyper/mlp/1/w' matches no leaf of the tree, so "
                                          r"it is never applied\. " + AVAILABLE):
         fn(TREE, _mesh(), rules)
-    with pytest.warns(UserWarning, match=r"^hyperjax.sharding: rule 'hyper/mlp/1/w' matches no leaf"):
+    with pytest.warns(UserWarning, match=rf"^hyperjax.sharding.{fn.__name__}: rule 'hyper/mlp/1/w' matches no leaf"
+                      ) as record:
         out = fn(TREE, _mesh(), rules, unmatched="warn")
+    assert record[0].filename == __file__          # the warning points at the caller's line
     spec_of = (lambda x: x.spec) if fn is hjs.shardings else (lambda x: x.sharding.spec)
     assert spec_of(out["hyper"]["mlp"][0]["w"]) == P("data")       # the matching rule still applies
     import warnings
@@ -155,7 +157,7 @@ def test_every_unmatched_rule_is_named_and_predicates_too():
 
 @pytest.mark.parametrize("unmatched", ["raise", None, True])
 def test_unknown_unmatched_option(unmatched):
-    with pytest.raises(ValueError, match=r"^hyperjax.sharding: unknown `unmatched`=.*; valid options are 'error', "
+    with pytest.raises(ValueError, match=r"^hyperjax.sharding.shardings: unknown `unmatched`=.*; valid options are 'error', "
                                          r"'warn', 'ignore'\."):
         hjs.shardings(TREE, _mesh(), [], unmatched=unmatched)
 
@@ -174,7 +176,7 @@ def test_unknown_unmatched_option(unmatched):
 ], ids=["mesh-str", "place-abstract-mesh", "str-leaf", "axis-twice", "spec_for-shape", "batch_sharding-mesh"])
 def test_bad_meshes_leaves_and_specs(call, exc, match):
     """Each used to surface as an AttributeError or a jax DuplicateSpecError far from the argument."""
-    with pytest.raises(exc, match=r"^hyperjax.sharding: " + match):
+    with pytest.raises(exc, match=r"^hyperjax.sharding.(shardings|place|spec_for|batch_sharding): " + match):
         call()
 
 

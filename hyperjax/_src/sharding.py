@@ -3,7 +3,8 @@
 Rules are (glob, PartitionSpec) pairs; the first glob that matches a leaf's path ("hyper/mlp/1/w",
 "direct/Dense_0/kernel") wins (matched by `hyperjax.select`, so `*` crosses '/'; a list of globs or a
 `(path, leaf) -> bool` predicate also works), and unmatched leaves get `default` (replicated). Every sharded axis is
-checked to divide by its mesh axes at build time, naming the leaf, so XLA never pads silently. A rule that matches
+checked to divide by its mesh axes at build time, naming the leaf, so XLA never pads silently. Messages start
+with the public name of the function called ("hyperjax.sharding.place: ..."). A rule that matches
 no leaf of the tree is an error naming its glob and the available paths (`unmatched="warn"` or `"ignore"` relaxes
 it), so a misspelt path never leaves a large leaf silently replicated.
 
@@ -27,63 +28,63 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 from hyperjax._src import paths as _paths
 
 Rules = Sequence[tuple[_paths.Where, PartitionSpec]]
-_WHO = "sharding"
 UNMATCHED = ("error", "warn", "ignore")
 
 
-def _check_mesh(mesh: Any, concrete: bool = False) -> None:
+def _check_mesh(mesh: Any, who: str, concrete: bool = False) -> None:
     """`mesh` must be a `jax.sharding.Mesh` (or, for abstract shardings, an `AbstractMesh`)."""
     kinds = (Mesh,) if concrete else (Mesh, AbstractMesh)
     if not isinstance(mesh, kinds):
         want = "a jax.sharding.Mesh" + ("" if concrete else " or AbstractMesh")
-        raise TypeError(f"hyperjax.{_WHO}: `mesh` must be {want} (e.g. jax.make_mesh((n,), ('data',))), got "
+        raise TypeError(f"hyperjax.{who}: `mesh` must be {want} (e.g. jax.make_mesh((n,), ('data',))), got "
                         f"{type(mesh).__name__}.")
 
 
-def _leaf_shape(path: str, leaf: Any) -> tuple[int, ...]:
+def _leaf_shape(path: str, leaf: Any, who: str) -> tuple[int, ...]:
     """The shape of an array or ShapeDtypeStruct leaf (Python and NumPy numbers are arrays of shape ())."""
     if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic)) or \
             (isinstance(leaf, (int, float, complex)) and not isinstance(leaf, bool)):
         return tuple(np.shape(leaf))
-    raise TypeError(f"hyperjax.{_WHO}: leaf '{path}' must be an array or a jax.ShapeDtypeStruct, got "
+    raise TypeError(f"hyperjax.{who}: leaf '{path}' must be an array or a jax.ShapeDtypeStruct, got "
                     f"{type(leaf).__name__}.")
 
 
-def _compile(rules: Rules, default: PartitionSpec) -> list[tuple[_paths.Selector, PartitionSpec]]:
+def _compile(rules: Rules, default: PartitionSpec, who: str) -> list[tuple[_paths.Selector, PartitionSpec]]:
     """(glob, PartitionSpec) pairs -> [(selector, PartitionSpec)], each checked once."""
     if isinstance(rules, (str, PartitionSpec)) or not isinstance(rules, Sequence):
-        raise TypeError(f"hyperjax.{_WHO}: `rules` must be a sequence of (glob, PartitionSpec) pairs, got "
+        raise TypeError(f"hyperjax.{who}: `rules` must be a sequence of (glob, PartitionSpec) pairs, got "
                         f"{type(rules).__name__}.")
     if not isinstance(default, PartitionSpec):
-        raise TypeError(f"hyperjax.{_WHO}: `default` must be a PartitionSpec, got {type(default).__name__}.")
+        raise TypeError(f"hyperjax.{who}: `default` must be a PartitionSpec, got {type(default).__name__}.")
     out = []
     for rule in rules:
         if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[1], PartitionSpec):
-            raise TypeError(f"hyperjax.{_WHO}: each rule must be a (glob, PartitionSpec) pair, got {rule!r}.")
-        out.append((_paths.as_selector(rule[0], _WHO), rule[1]))
+            raise TypeError(f"hyperjax.{who}: each rule must be a (glob, PartitionSpec) pair, got {rule!r}.")
+        out.append((_paths.as_selector(rule[0], who), rule[1]))
     return out
 
 
-def _check_unmatched(unmatched: Any) -> str:
+def _check_unmatched(unmatched: Any, who: str) -> str:
     if not isinstance(unmatched, str) or unmatched not in UNMATCHED:
-        raise ValueError(f"hyperjax.{_WHO}: unknown `unmatched`={unmatched!r}; valid options are "
+        raise ValueError(f"hyperjax.{who}: unknown `unmatched`={unmatched!r}; valid options are "
                          + ", ".join(repr(o) for o in UNMATCHED) + ".")
     return unmatched
 
 
-def _report_unmatched(rules: Rules, hits: Sequence[bool], available: Sequence[str], unmatched: str) -> None:
+def _report_unmatched(rules: Rules, hits: Sequence[bool], available: Sequence[str], unmatched: str,
+                      who: str) -> None:
     """Raise (or warn about) the rules whose glob matched no leaf of the tree."""
     missed = [_paths.describe(rule[0]) for rule, hit in zip(rules, hits) if not hit]
     if not missed or unmatched == "ignore":
         return
     shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
     what = (f"rule {missed[0]} matches" if len(missed) == 1 else f"rules {'; '.join(missed)} match")
-    message = (f"hyperjax.{_WHO}: {what} no leaf of the tree, so {'it is' if len(missed) == 1 else 'they are'} "
+    message = (f"hyperjax.{who}: {what} no leaf of the tree, so {'it is' if len(missed) == 1 else 'they are'} "
                f"never applied. Available paths: {shown or '(none: the tree has no leaves)'}. Fix the glob, or "
                f"pass unmatched='warn' or 'ignore' (e.g. for rules shared between trees).")
     if unmatched == "error":
         raise ValueError(message)
-    warnings.warn(message, UserWarning, stacklevel=3)
+    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _axis_size(mesh: Mesh, names: Any) -> int:
@@ -93,10 +94,10 @@ def _axis_size(mesh: Mesh, names: Any) -> int:
     return math.prod(mesh.shape[n] for n in names)
 
 
-def _checked(path: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
+def _checked(path: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh, who: str) -> PartitionSpec:
     """`spec` for a leaf of `shape`: rank, mesh axes and divisibility checked, naming the leaf."""
     if len(spec) > len(shape):
-        raise ValueError(f"hyperjax.sharding: leaf '{path}' has shape {shape} (rank {len(shape)}) but its rule "
+        raise ValueError(f"hyperjax.{who}: leaf '{path}' has shape {shape} (rank {len(shape)}) but its rule "
                          f"gives PartitionSpec{tuple(spec)} of rank {len(spec)}.")
     used: set[Any] = set()
     for dim, names in zip(shape, spec):
@@ -104,15 +105,15 @@ def _checked(path: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh)
             continue
         for n in (names if isinstance(names, tuple) else (names,)):
             if n not in mesh.shape:
-                raise ValueError(f"hyperjax.sharding: leaf '{path}': mesh has no axis {n!r} "
+                raise ValueError(f"hyperjax.{who}: leaf '{path}': mesh has no axis {n!r} "
                                  f"(axes: {', '.join(map(str, mesh.axis_names))}).")
             if n in used:
-                raise ValueError(f"hyperjax.sharding: leaf '{path}': PartitionSpec{tuple(spec)} uses mesh axis "
+                raise ValueError(f"hyperjax.{who}: leaf '{path}': PartitionSpec{tuple(spec)} uses mesh axis "
                                  f"{n!r} for more than one dimension; each mesh axis shards at most one.")
             used.add(n)
         size = _axis_size(mesh, names)
         if dim % size:
-            raise ValueError(f"hyperjax.sharding: leaf '{path}' axis of size {dim} does not divide over mesh "
+            raise ValueError(f"hyperjax.{who}: leaf '{path}' axis of size {dim} does not divide over mesh "
                              f"axes {names!r} of size {size}; change the rule or the layer width.")
     return spec
 
@@ -135,12 +136,32 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules: Rules,
       ValueError: the rule's rank exceeds the leaf's, it names an axis the mesh lacks or one mesh axis twice,
         or a sharded axis does not divide by its mesh axes (naming the leaf).
     """
-    _check_mesh(mesh)
+    who = "sharding.spec_for"
+    _check_mesh(mesh, who)
     if not isinstance(shape, (tuple, list)) or not all(
             isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise TypeError(f"hyperjax.{_WHO}: `shape` of leaf '{path}' must be a tuple of ints >= 0, got {shape!r}.")
+        raise TypeError(f"hyperjax.{who}: `shape` of leaf '{path}' must be a tuple of ints >= 0, got {shape!r}.")
     leaf = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
-    return _checked(path, tuple(shape), _first(_compile(rules, default), path, leaf, default), mesh)
+    return _checked(path, tuple(shape), _first(_compile(rules, default, who), path, leaf, default), mesh, who)
+
+
+def _shardings(tree: Any, mesh: Any, rules: Rules, default: PartitionSpec, unmatched: Any, who: str) -> Any:
+    unmatched = _check_unmatched(unmatched, who)
+    _check_mesh(mesh, who)
+    compiled = _compile(rules, default, who)
+    hits = [False] * len(compiled)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    out, available = [], []
+    for kp, leaf in flat:
+        path = _paths.path_str(kp)
+        available.append(path)
+        shape = _leaf_shape(path, leaf, who)
+        for i, (sel, _) in enumerate(compiled):
+            if not hits[i] and sel(path, leaf):
+                hits[i] = True
+        out.append(NamedSharding(mesh, _checked(path, shape, _first(compiled, path, leaf, default), mesh, who)))
+    _report_unmatched(rules, hits, available, unmatched, who)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def shardings(tree: Any, mesh: Mesh | AbstractMesh, rules: Rules = (), default: PartitionSpec = PartitionSpec(),
@@ -156,22 +177,7 @@ def shardings(tree: Any, mesh: Mesh | AbstractMesh, rules: Rules = (), default: 
       ValueError: as `spec_for`, for the first leaf whose rule does not fit; a rule that matches no leaf
         (unless unmatched="warn" / "ignore"); an unknown `unmatched`.
     """
-    unmatched = _check_unmatched(unmatched)
-    _check_mesh(mesh)
-    compiled = _compile(rules, default)
-    hits = [False] * len(compiled)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    out, available = [], []
-    for kp, leaf in flat:
-        path = _paths.path_str(kp)
-        available.append(path)
-        shape = _leaf_shape(path, leaf)
-        for i, (sel, _) in enumerate(compiled):
-            if not hits[i] and sel(path, leaf):
-                hits[i] = True
-        out.append(NamedSharding(mesh, _checked(path, shape, _first(compiled, path, leaf, default), mesh)))
-    _report_unmatched(rules, hits, available, unmatched)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return _shardings(tree, mesh, rules, default, unmatched, "sharding.shardings")
 
 
 def place(tree: Any, mesh: Mesh, rules: Rules = (), default: PartitionSpec = PartitionSpec(), *,
@@ -181,8 +187,9 @@ def place(tree: Any, mesh: Mesh, rules: Rules = (), default: PartitionSpec = Par
     Raises:
       TypeError, ValueError: as `shardings`; TypeError for an `AbstractMesh` (it has no devices).
     """
-    _check_mesh(mesh, concrete=True)
-    return jax.device_put(tree, shardings(tree, mesh, rules, default, unmatched=unmatched))
+    who = "sharding.place"
+    _check_mesh(mesh, who, concrete=True)
+    return jax.device_put(tree, _shardings(tree, mesh, rules, default, unmatched, who))
 
 
 def abstract_with_shardings(tree: Any, mesh: Mesh | AbstractMesh, rules: Rules = (),
@@ -192,7 +199,7 @@ def abstract_with_shardings(tree: Any, mesh: Mesh | AbstractMesh, rules: Rules =
     Raises:
       TypeError, ValueError: as `shardings`.
     """
-    sh = shardings(tree, mesh, rules, default, unmatched=unmatched)
+    sh = _shardings(tree, mesh, rules, default, unmatched, "sharding.abstract_with_shardings")
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=s), tree, sh)
 
 
@@ -203,7 +210,8 @@ def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
       TypeError: `mesh` is no Mesh / AbstractMesh.
       ValueError: the mesh has no axis `axis`.
     """
-    _check_mesh(mesh)
+    who = "sharding.batch_sharding"
+    _check_mesh(mesh, who)
     if axis not in mesh.shape:
-        raise ValueError(f"hyperjax.sharding: mesh has no axis {axis!r} (axes: {', '.join(mesh.axis_names)}).")
+        raise ValueError(f"hyperjax.{who}: mesh has no axis {axis!r} (axes: {', '.join(map(str, mesh.axis_names))}).")
     return NamedSharding(mesh, PartitionSpec(axis))
