@@ -31,9 +31,11 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
 
     if not isinstance(transformed, (hk.Transformed, hk.TransformedWithState)):   # not just any object with
         # init/apply: a linen module and hk.multi_transform have both and failed (or ran) far from here
-        hint = " For a flax.linen module use from_linen." if type(transformed).__module__.startswith("flax") else ""
-        raise TypeError(f"hyperjax.from_haiku: expected the result of hk.transform, got {type(transformed).__name__} "
-                        f"(hk.transform_with_state also works; hk.multi_transform does not).{hint}")
+        kind = type(transformed)
+        hint = (" For a flax.linen module use from_linen." if kind.__module__.startswith("flax") else
+                " hk.multi_transform results are not supported; transform each function." if
+                kind.__name__.startswith("MultiTransformed") else "")
+        raise TypeError(f"hyperjax.from_haiku: expected the result of hk.transform, got {kind.__name__}.{hint}")
     stateful = isinstance(transformed, hk.TransformedWithState)
 
     def init_all(key, args, kwargs):
