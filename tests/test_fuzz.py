@@ -287,7 +287,8 @@ OPTIONS = {
                  **DTYPE, "num_values": [(1, T), (4, T), (0, F), (-1, F), (None, F), (2.5, F)],
                  "tau": [(1.0, T), (0.5, T), (0.0, F), (-1.0, F), (float("nan"), F), (None, F), ("a", F)],
                  "shared": [(True, T), (False, T)], "init_spread": [(0.5, T), (0, F), (float("inf"), F), (None, F)]},
-    "from_module": {**COND, "where": WHERE_ALL, **INIT, **DTYPE, **ZDIM,
+    "from_module": {**COND, "where": WHERE_ALL, **INIT, **ZDIM,       # bfloat16: KNOWN["from_module-cond-dtype"]
+                    "dtype": [(jnp.float32, T), ("float32", T)],
                     "module": [("body", T), ("body+1", F), ("int", F), ("none", F)]},
 }
 REQUIRED = {"chunked": {"chunk_size": 5}, "low_rank": {"rank": 2}, "rowwise": {"where": "Dense_0/kernel",
@@ -934,9 +935,10 @@ KNOWN = {
     "rowwise-list-emb": "generators/rowwise.py: feature_emb given as a nested Python list fails in jnp.result_type",
     "rowwise-where-none": "generators/rowwise.py: rowwise(spec, where=None) fails while writing its error: "
                           "paths.describe(None) raises TypeError 'NoneType' object is not iterable",
-    "from_module-cond-dtype": "generators/module.py: a floating cond of another dtype than the generator's "
-                              "(bfloat16 for dtype=float32) reaches the body uncast: TypePromotionError under "
-                              "strict promotion (dense, chunked, ... cast cond to `dtype` first)",
+    "from_module-cond-dtype": "generators/module.py: the body's input is not cast: a bfloat16 cond for a float32 "
+                              "body, or dtype=bfloat16 (a bfloat16 learned code or embedding) with a float32 body, "
+                              "fails with TypePromotionError under strict promotion (dense, chunked, ... cast cond "
+                              "to `dtype` first)",
     "aux": "training.make_step: has_aux=True with an aux that is not a dict fails with a raw TypeError",
     "int-loss": "training.make_step: an integer, complex or None loss fails inside jax.grad (raw TypeError)",
     "state": "training.make_step: a state that is not a TrainState fails with AttributeError",
@@ -992,9 +994,15 @@ def test_known_rowwise_where_none():
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN["from_module-cond-dtype"])
-def test_known_from_module_bf16_cond():
-    b = _built("from_module", "vector")
-    _assert_like(jax.eval_shape(b.gen.apply, b.hparams, jax.ShapeDtypeStruct((3,), jnp.bfloat16)), SPEC.abstract_params)
+@pytest.mark.parametrize("form", ["bf16-cond", "bf16-dtype"])
+def test_known_from_module_dtypes(form):
+    if form == "bf16-cond":
+        b = _built("from_module", "vector")
+        out = jax.eval_shape(b.gen.apply, b.hparams, jax.ShapeDtypeStruct((3,), jnp.bfloat16))
+    else:
+        gen = G.from_module(Body(G.num_outputs(SPEC)), SPEC, dtype=jnp.bfloat16)
+        out = jax.eval_shape(gen.apply, jax.eval_shape(gen.init, KEY))
+    _assert_like(out, SPEC.abstract_params)
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN["aux"])
