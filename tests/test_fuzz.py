@@ -939,6 +939,13 @@ KNOWN = {
                               "body, or dtype=bfloat16 (a bfloat16 learned code or embedding) with a float32 body, "
                               "fails with TypePromotionError under strict promotion (dense, chunked, ... cast cond "
                               "to `dtype` first)",
+    "rowwise-decoder-name": "generators/rowwise.py: decoder='nope' is reported as \"`where`='nope' matches no leaf\"",
+    "bool-flags": "generators: boolean options (chunked center, codebook shared, rowwise standardize / normalize) "
+                  "accept any value silently ('x' is truthy, None falsy)",
+    "vmap-empty-ids": "generators/common.py IdCond.vector: jax.vmap(hnet.apply) over an empty batch of ids fails in "
+                      "checkify.debug_check (IndexError); generate_batch / per_sample handle B = 0 themselves",
+    "int-params": "training.make_step: integer params fail inside jax.grad (raw TypeError) instead of naming the leaf",
+    "restore-tree": "checkpoint.restore: an abstract state with a str leaf fails in NumPy ('data type not understood')",
     "aux": "training.make_step: has_aux=True with an aux that is not a dict fails with a raw TypeError",
     "int-loss": "training.make_step: an integer, complex or None loss fails inside jax.grad (raw TypeError)",
     "state": "training.make_step: a state that is not a TrainState fails with AttributeError",
@@ -1003,6 +1010,39 @@ def test_known_from_module_dtypes(form):
         gen = G.from_module(Body(G.num_outputs(SPEC)), SPEC, dtype=jnp.bfloat16)
         out = jax.eval_shape(gen.apply, jax.eval_shape(gen.init, KEY))
     _assert_like(out, SPEC.abstract_params)
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN["rowwise-decoder-name"])
+def test_known_rowwise_decoder_named():
+    _library_raise(lambda: G.rowwise(SPEC, where="Dense_0/kernel", emb_dim=2, decoder="nope"), ("`decoder`",))
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN["bool-flags"])
+@pytest.mark.parametrize("call", [lambda: G.chunked(SPEC, chunk_size=3, center="x"),
+                                  lambda: G.codebook(SPEC, num_values=3, shared=None),
+                                  lambda: G.rowwise(SPEC, where="Dense_0/kernel", emb_dim=2, standardize="no")],
+                         ids=["chunked-center", "codebook-shared", "rowwise-standardize"])
+def test_known_bool_flags_unchecked(call):
+    _library_raise(call)
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN["vmap-empty-ids"])
+def test_known_vmap_over_no_ids():
+    b = _built("dense", "ids")
+    jax.vmap(b.gen.apply, in_axes=(None, 0))(b.hparams, jnp.zeros((0,), jnp.int32))
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN["int-params"])
+def test_known_make_step_int_params():
+    step = hj.training.make_step(lambda p, b, r: jnp.sum(p["w"]).astype(jnp.float32), optax.sgd(0.1), jit=False)
+    state = hj.training.init_state({"w": jnp.ones(3, jnp.int32)}, optax.sgd(0.1))
+    _library_raise(lambda: jax.eval_shape(step, state, None), ("'w'",))
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN["restore-tree"])
+def test_known_checkpoint_restore_str_leaf():
+    mgr, _ = _saved()
+    _library_raise(lambda: hj.checkpoint.restore(mgr, {"a": "x"}), ("'a'",))
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN["aux"])
