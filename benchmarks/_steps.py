@@ -17,23 +17,24 @@ import optax
 import hyperjax as hj
 from benchmarks._problem import LR, Context, cross_entropy
 from benchmarks._report import find, goal
-from benchmarks._timing import jax_step_entry
+from benchmarks._timing import jax_step_entry, stacked_batches
 
 HAND, HAND_NORM = "hand-written JAX", "hand-written JAX + grad norm"
 
 
 def hyperjax_step(gen: hj.HyperNetwork, spec: hj.TargetSpec, key: jax.Array, donate: bool = True,
-                  grad_norm: bool = False):
+                  grad_norm: bool = False, steps_per_call: int = 1):
     """(jitted step, initial TrainState) for CE on the target with weights from gen.apply(hparams, 0).
 
     grad_norm=False (default here) gives the hand-written step's outputs; make_step's own default adds it.
+    steps_per_call=k: make_step's k updates in one lax.scan over batches stacked along a leading axis k.
     """
     def loss_fn(params, batch, rng):
         x, y = batch
         return cross_entropy(spec.apply(gen.apply(params, 0), x), y)
 
     opt = optax.adam(LR)
-    step = hj.training.make_step(loss_fn, opt, donate=donate, grad_norm=grad_norm)
+    step = hj.training.make_step(loss_fn, opt, donate=donate, grad_norm=grad_norm, steps_per_call=steps_per_call)
     return step, hj.training.init_state(gen.init(key), opt, None)  # deterministic loss: no PRNG key in the state
 
 
@@ -57,10 +58,12 @@ def mlp_forward(leaves: dict[str, jax.Array], x: jax.Array, n_layers: int) -> ja
 
 
 def handwritten_step(gen_flat: Callable[[Any], jax.Array], spec: hj.TargetSpec, n_layers: int, hparams: Any,
-                     donate: bool = True, grad_norm: bool = False):
+                     donate: bool = True, grad_norm: bool = False, steps_per_call: int = 1):
     """Hand-written jitted step ((params, opt_state), (x, y)) -> ((params, opt_state), loss), optax.adam.
 
     With grad_norm the step also returns the gradient norm (the same outputs as hyperjax's make_step).
+    steps_per_call=k > 1: the same step under `jax.lax.scan` over (x, y) stacked along a leading axis k,
+    returning the k losses (what make_step(steps_per_call=k) does, written by hand).
     """
     opt = optax.adam(LR)
 
@@ -73,8 +76,12 @@ def handwritten_step(gen_flat: Callable[[Any], jax.Array], spec: hj.TargetSpec, 
         upd, s = opt.update(g, s, p)
         return (optax.apply_updates(p, upd), s), ((loss, rows_norm(g)) if grad_norm else loss)
 
+    def steps(state, batches):
+        return jax.lax.scan(step, state, batches)
+
     params = jax.tree.map(jnp.copy, hparams)
-    return jax.jit(step, donate_argnums=(0,) if donate else ()), (params, opt.init(params))
+    fn = step if steps_per_call == 1 else steps
+    return jax.jit(fn, donate_argnums=(0,) if donate else ()), (params, opt.init(params))
 
 
 def rows_norm(tree: Any) -> jax.Array:
@@ -107,6 +114,29 @@ def jax_entries(ctx: Context, kind: str, gen: hj.HyperNetwork, spec: hj.TargetSp
             step, state = handwritten_step(gen_flat, spec, n_layers, gen.init(ctx.key), grad_norm=True)
             entries.append(jax_step_entry(HAND_NORM, step, state, ctx.batches))
     return entries
+
+
+def multi_step_entries(ctx: Context, kind: str, gen: hj.HyperNetwork, spec: hj.TargetSpec, gen_flat: Callable,
+                       n_layers: int, ks: Sequence[int]) -> list[dict]:
+    """For each k: make_step(grad_norm=False, steps_per_call=k) and the hand-written lax.scan over k steps,
+    both donated, from the same hparams, each call fed the next k rotating batches stacked (the sequence
+    the single-step rows walk); timed per call, reported per step (`measure` divides by k)."""
+    entries = []
+    for k in ks:
+        stacked = stacked_batches(ctx.batches, k)
+        step, state = hyperjax_step(gen, spec, ctx.key, steps_per_call=k)
+        entries.append(jax_step_entry(multi_lib_name(kind, k), step, state, stacked, steps_per_call=k))
+        step, state = handwritten_step(gen_flat, spec, n_layers, gen.init(ctx.key), steps_per_call=k)
+        entries.append(jax_step_entry(multi_hand_name(k), step, state, stacked, steps_per_call=k))
+    return entries
+
+
+def multi_lib_name(kind: str, k: int) -> str:
+    return f"{lib_name(kind)} k={k}"
+
+
+def multi_hand_name(k: int) -> str:
+    return f"{HAND} lax.scan k={k}"
 
 
 def lib_name(kind: str, default: bool = False) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,13 @@ def row(name: str, framework: str, stats: dict[str, Any], **extra: Any) -> dict[
 
 def jax_step_entry(name: str, step: Callable, state: Any, batches: Sequence[Any], **extra: Any) -> dict[str, Any]:
     """Entry for a JAX training step `step(state, batch) -> (state, out)`: compiled apart (compile_s), the
-    first-step loss recorded, then `run()` does one step on the next batch, threading (donating) the state."""
+    first-step loss recorded, then `run()` does one call on the next batch, threading (donating) the state.
+
+    For a k-steps-per-call step pass `steps_per_call=k` and batches stacked along a leading axis k
+    (`stacked_batches`): `measure` then reports the time of one call / k, and the losses are the first
+    step's of the first call and the last step's of the last call.
+    """
+    k = extra.pop("steps_per_call", 1)
     compiled, compile_s = _common.compile_time(step, state, batches[0])
     first = loss_of(compiled(jax.tree.map(jnp.copy, state), batches[0])[1])
     box, count, last = [state], [0], [None]
@@ -31,13 +38,27 @@ def jax_step_entry(name: str, step: Callable, state: Any, batches: Sequence[Any]
         jax.block_until_ready((box[0], last[0]))
 
     return {"name": name, "framework": "jax", "run": run, "compiled": compiled,
-            "final": lambda: {"compile_s": compile_s, "first_loss": first, "final_loss": loss_of(last[0]),
-                              "xla_flops": cost_flops(compiled), **extra}}
+            "final": lambda: {"compile_s": compile_s, "first_loss": first, "final_loss": loss_of(last[0], -1),
+                              "xla_flops": cost_flops(compiled), **extra},
+            "steps_per_call": k}
 
 
-def loss_of(out: Any) -> float:
-    """The loss from a step's second output: make_step's metrics dict, (loss, norm) or loss."""
-    return float(out["loss"] if isinstance(out, dict) else out[0] if isinstance(out, tuple) else out)
+def stacked_batches(batches: Sequence[Any], k: int) -> list[Any]:
+    """The rotation of `batches` cut into calls of k steps: call g stacks batches (g k + j) mod n, j < k, along
+    a new leading axis, so the calls walk the same sequence of batches as k single steps would.
+
+    n / gcd(k, n) calls before the rotation repeats (7 for the 14 digits batches and any even k).
+    """
+    n = len(batches)
+    return [jax.tree.map(lambda *xs: jnp.stack(xs), *[batches[(g * k + j) % n] for j in range(k)])
+            for g in range(n // math.gcd(k, n))]
+
+
+def loss_of(out: Any, index: int = 0) -> float:
+    """The loss from a step's second output: make_step's metrics dict, (loss, norm) or loss; for a stacked
+    (k-step) output, its `index`-th step's (the first by default)."""
+    loss = out["loss"] if isinstance(out, dict) else out[0] if isinstance(out, tuple) else out
+    return float(jnp.ravel(loss)[index])
 
 
 def measure(entries: Sequence[dict], warmup: int, repeats: int, rounds: int, pause_s: float = 0.2) -> list[dict]:
@@ -47,7 +68,8 @@ def measure(entries: Sequence[dict], warmup: int, repeats: int, rounds: int, pau
     round) runs once untimed and ceil(repeats / rounds) times timed, so drift of a shared machine hits its
     rows alike. Frameworks are not interleaved step by step: their thread pools (XLA's, PyTorch's OpenMP)
     would compete for the same cores; a pause separates the groups. Returns rows {name, framework,
-    median_ms, min_ms, max_ms, repeats, **final()} in the order of `entries`.
+    median_ms, min_ms, max_ms, repeats, **final()} in the order of `entries`. An entry with
+    `steps_per_call` k reports per step (each call's time / k) and adds call_median_ms, call_min_ms.
     """
     per_round = -(-repeats // max(rounds, 1))
     times: dict[str, list[float]] = {e["name"]: [] for e in entries}
@@ -68,8 +90,11 @@ def measure(entries: Sequence[dict], warmup: int, repeats: int, rounds: int, pau
                     times[e["name"]].append((time.perf_counter() - t0) * 1e3)
     rows = []
     for e in entries:
-        ts = times[e["name"]]
-        stats = {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": len(ts)}
+        ts, k = times[e["name"]], e.get("steps_per_call", 1)
+        stats = {"median_ms": statistics.median(ts) / k, "min_ms": min(ts) / k, "max_ms": max(ts) / k,
+                 "repeats": len(ts)}
+        if k != 1:
+            stats |= {"call_median_ms": statistics.median(ts), "call_min_ms": min(ts)}
         rows.append(row(e["name"], e["framework"], stats, **{k: v for k, v in e.items()
                                                               if k not in ("name", "framework", "run", "final", "compiled")},
                         **e["final"]()))

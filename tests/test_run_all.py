@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import hyperjax as hj
-from benchmarks import _common, _problem, _report, _steps, _timing, case_chunked, run_all, scaling
+from benchmarks import _common, _problem, _report, _steps, _timing, case_chunked, case_dense, run_all, scaling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW_KEYS = {"name", "framework", "median_ms", "min_ms", "max_ms", "repeats", "ratio", "ratio_to"}
@@ -88,6 +88,41 @@ def test_smoke_dense_rows_and_ratio(smoke):
     default = case["goals"][1]
     want = rows[_steps.lib_name("dense", default=True)]["median_ms"] / rows[_steps.HAND_NORM]["median_ms"]
     assert default["value"] == pytest.approx(want)
+
+
+def test_smoke_dense_steps_per_call_rows(smoke):
+    """make_step(steps_per_call=k) and the hand-written lax.scan at the quick k values: rows named by k, timed
+    per call and reported per step, same first loss, the summary and goals (no torch: speedups unmeasured)."""
+    payload, _, _ = smoke
+    case = payload["cases"]["1_dense"]
+    rows = {r["name"]: r for r in case["rows"]}
+    ks = case_dense.STEPS_PER_CALL["quick"]
+    assert rows[_steps.lib_name("dense")]["steps_per_call"] == rows[_steps.HAND]["steps_per_call"] == 1
+    for k in ks:
+        for name in (_steps.multi_lib_name("dense", k), _steps.multi_hand_name(k)):
+            r = rows[name]
+            assert f"k={k}" in name and r["steps_per_call"] == k and ROW_KEYS <= set(r)
+            assert r["call_median_ms"] == pytest.approx(k * r["median_ms"])
+            assert r["call_min_ms"] == pytest.approx(k * r["min_ms"])
+            assert r["ratio"] == pytest.approx(r["median_ms"] / rows[_steps.HAND]["median_ms"])
+            assert r["first_loss"] == pytest.approx(rows[_steps.HAND]["first_loss"], abs=1e-5)  # call 0: batch 0
+    summary = case["steps_per_call"]
+    assert summary["ks"] == [1, *ks]
+    per_step = {int(k): v for k, v in summary["hyperjax_ms_per_step"].items()}
+    assert per_step == {1: rows[_steps.lib_name("dense")]["median_ms"],
+                        **{k: rows[_steps.multi_lib_name("dense", k)]["median_ms"] for k in ks}}
+    assert summary["best_k"] == min(per_step, key=per_step.get)
+    assert summary["speedup_vs_k1"] == pytest.approx(per_step[1] / per_step[summary["best_k"]])
+    assert summary["speedup_vs_hypnettorch_fastest"] is None and summary["speedup_vs_plain_pytorch_fused"] is None
+    goals = {g["name"]: g for g in case["goals"]}
+    for k in ks:
+        g = goals[f"hyperjax make_step k={k} / hand-written JAX lax.scan k={k} (per step)"]
+        want = rows[_steps.multi_lib_name("dense", k)]["median_ms"] / rows[_steps.multi_hand_name(k)]["median_ms"]
+        assert g["value"] == pytest.approx(want) and g["passed"] == (want <= 1.05)
+    best = goals["hypnettorch (fastest Adam) / hyperjax at its best k, per step"]
+    assert best["value"] is None and best["passed"] is None
+    text = "\n".join(_report.render(payload, "CPU"))
+    assert f"| {_steps.multi_lib_name('dense', ks[-1])} | {ks[-1]} |" in text
 
 
 def test_smoke_per_sample_agrees_with_loop(smoke):
