@@ -185,7 +185,7 @@ def test_direct_conv_gives_the_fft_response_maps(generated_model):
 def test_hypernet_checks_its_output_against_the_spec():
     hnet = tm.template_hypernet(tm.conv_spec(6, 3, "fft"), 6, 2, 4)    # the leg emits 2 channels, spec wants 3
     hparams = jax.eval_shape(hnet.init, jax.random.key(0))
-    with pytest.raises(ValueError, match=r"template_hypernet: leaf 'kernel' expected \(6, 6, 3, 1\)"):
+    with pytest.raises(ValueError, match=r"TargetSpec.check: leaf 'kernel' expected \(6, 6, 3, 1\)"):
         jax.eval_shape(hnet.apply, hparams, jax.ShapeDtypeStruct((6, 6, 1), jnp.float32))
 
 
