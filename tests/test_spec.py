@@ -163,7 +163,7 @@ def test_select_and_check_errors_name_the_public_caller(spec, params):
         hj.generators.dense(spec, cond_dim=3, where=3)
     tied = hj.tie(spec, source="norm/scale", dest="dense/bias")
     tied.expand(tied.collapse(params))
-    with pytest.raises(ValueError, match=r"^hyperjax.tie.expand: params tree does not match the target "
+    with pytest.raises(ValueError, match=r"^hyperjax.Tied.expand: params tree does not match the target "
                                          r"\(missing: temperature\)"):
         tied.expand({k: v for k, v in tied.collapse(params).items() if k != "temperature"})
     with pytest.raises(ValueError, match=r"^hyperjax.TargetSpec.check: "):

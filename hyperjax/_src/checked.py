@@ -20,8 +20,12 @@ def checked(fn: Callable[..., Any], *, jit: bool = True, **jit_kwargs: Any) -> C
     The checks cost a few ops per lookup; leave them off in production steps once the inputs are trusted.
 
     Raises:
+      TypeError: `fn` is not callable.
       ValueError: a check failed (the message is that check's, naming the id).
     """
+    if not callable(fn):
+        raise TypeError(f"hyperjax.checked: `fn` must be callable (e.g. a generator's apply or a loss), got "
+                        f"{type(fn).__name__}.")
     functionalized = checkify.checkify(fn, errors=checkify.user_checks)
     run = jax.jit(functionalized, **jit_kwargs) if jit else functionalized
 

@@ -54,6 +54,20 @@ def positive_int(value: Any, option: str, who: str) -> int:
     return int(value)
 
 
+def non_negative_int(value: Any, option: str, who: str) -> int:
+    """`value` must be a Python (or NumPy) int >= 0 (0: the part is absent, e.g. cond_dim=0 in a count).
+
+    Raises:
+      TypeError: not an int (a float, a bool, None, an array).
+      ValueError: an int < 0.
+    """
+    if not _is_int(value):
+        raise TypeError(f"hyperjax.{who}: `{option}` must be an int >= 0, got {value!r} ({type(value).__name__}).")
+    if value < 0:
+        raise ValueError(f"hyperjax.{who}: `{option}` must be an int >= 0, got {value!r}.")
+    return int(value)
+
+
 def positive_ints(values: Any, option: str, who: str) -> tuple[int, ...]:
     """A sequence of positive ints (e.g. hidden widths); an int is taken as one width.
 
@@ -186,6 +200,13 @@ def leaf_like(path: str, value: Any, want: jax.ShapeDtypeStruct, who: str) -> No
     if shape != tuple(want.shape) or dtype != want.dtype:
         raise ValueError(f"hyperjax.{who}: leaf '{path}' expected {_fmt(want.shape, want.dtype)}, "
                          f"got {_fmt(shape, dtype)}.")
+
+
+def hypernetwork(hnet: Any, who: str) -> None:
+    """`hnet` must have a callable `apply` (a HyperNetwork from a factory in hyperjax.generators)."""
+    if not callable(getattr(hnet, "apply", None)):
+        raise TypeError(f"hyperjax.{who}: `hnet` must be a hypernetwork with an apply(hparams, cond) function "
+                        f"(a factory's result from hyperjax.generators), got {type(hnet).__name__}.")
 
 
 def missing_extra(extra: str, package: str, who: str) -> ImportError:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperjax._src import checks
 from hyperjax._src.spec import TargetSpec
 from hyperjax._src.types import Array, HParams, HyperNetwork
 
@@ -18,10 +19,7 @@ from hyperjax._src.types import Array, HParams, HyperNetwork
 _UNBATCHED_FRAMEWORKS = ("equinox",)
 
 
-def _check_hnet(hnet: Any, who: str) -> None:
-    if not callable(getattr(hnet, "apply", None)):
-        raise TypeError(f"hyperjax.{who}: `hnet` must be a hypernetwork with an apply(hparams, cond) function "
-                        f"(a factory's result from hyperjax.generators), got {type(hnet).__name__}.")
+_check_hnet = checks.hypernetwork
 
 
 def _check_conds(conds: Any, who: str, need_axis: bool = True) -> Any:

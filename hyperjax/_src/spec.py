@@ -30,7 +30,17 @@ _SCALE_NAMES = ("scale", "gamma")
 
 
 def abstract(tree: Any) -> Any:
-    """Pytree of arrays (or ShapeDtypeStructs) -> pytree of `jax.ShapeDtypeStruct`."""
+    """Pytree of arrays (or ShapeDtypeStructs) -> pytree of `jax.ShapeDtypeStruct`.
+
+    Raises:
+      TypeError: the tree does not flatten, or a leaf is no array, ShapeDtypeStruct or number (naming its path).
+    """
+    checks.array_leaves(tree, "tree", "targets.abstract")
+    return _abstract(tree)
+
+
+def _abstract(tree: Any) -> Any:
+    """`abstract` without the leaf check (internal callers have checked their trees or name their own errors)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
@@ -339,18 +349,20 @@ def check_params(target: TargetSpec, params: Params, who: str) -> None:
                              f"or its example input changed.")
 
 
-def leaves_and_treedef(abstract_params: Any) -> tuple[Mapping[str, jax.ShapeDtypeStruct], Any]:
-    """Pytree (arrays or ShapeDtypeStructs) -> (read-only {path: ShapeDtypeStruct}, treedef).
+def leaves_and_treedef(abstract_params: Any, who: str = "TargetSpec"
+                       ) -> tuple[Mapping[str, jax.ShapeDtypeStruct], Any]:
+    """Pytree (arrays or ShapeDtypeStructs) -> (read-only {path: ShapeDtypeStruct}, treedef); errors start with
+    "hyperjax.<who>".
 
     Raises:
       ValueError: two leaves have the same path string.
     """
-    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract(abstract_params))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(_abstract(abstract_params))
     leaves = {_paths.path_str(kp): leaf for kp, leaf in flat}
     if len(leaves) != len(flat):
         counts = collections.Counter(_paths.path_str(kp) for kp, _ in flat)
         dup = [p for p, n in counts.items() if n > 1]
-        raise ValueError(f"hyperjax.TargetSpec: two leaves have the same path string "
+        raise ValueError(f"hyperjax.{who}: two leaves have the same path string "
                          f"{', '.join(repr(p) for p in dup)} (a key containing '/' beside nested keys); "
                          f"rename one.")
     return types.MappingProxyType(leaves), treedef
@@ -373,7 +385,7 @@ def spec_from_params(apply_fn: Callable[..., Any] | None, example_params: Any, *
     """
     leaves, treedef = leaves_and_treedef(example_params)
     return TargetSpec(apply_fn=apply_fn, leaves=leaves, treedef=treedef, init_fn=init_fn, layout=layout,
-                      framework=framework, abstract_state=None if abstract_state is None else abstract(abstract_state),
+                      framework=framework, abstract_state=None if abstract_state is None else _abstract(abstract_state),
                       init_state_fn=init_state_fn, params=params)
 
 

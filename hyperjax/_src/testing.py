@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperjax import targets as _targets   # the public adapters, as a user's test would build its targets
+from hyperjax._src import checks as _checks
 from hyperjax._src import paths as _paths
 from hyperjax._src.types import Array, HyperNetwork, PRNGKey
 from hyperjax.targets import TargetSpec
@@ -28,7 +29,14 @@ AllowZero = str | Sequence[str] | Callable[[str, Any], bool]
 
 # ------------------------------------------------------------------------------------------------ paths
 def path_of(key_path: Sequence[Any]) -> str:
-    """`jax.tree_util` key path -> "Dense_0/kernel" (the path strings of `TargetSpec.paths`)."""
+    """`jax.tree_util` key path -> "Dense_0/kernel" (the path strings of `TargetSpec.paths`).
+
+    Raises:
+      TypeError: `key_path` is not a sequence of jax.tree_util keys (DictKey, SequenceKey, GetAttrKey, ...).
+    """
+    if isinstance(key_path, (str, bytes)) or not hasattr(key_path, "__iter__"):
+        raise TypeError(f"hyperjax.testing.path_of: expected a key path (a tuple of jax.tree_util keys, as given "
+                        f"by jax.tree_util.tree_flatten_with_path), got {type(key_path).__name__}.")
     return jax.tree_util.keystr(tuple(key_path), simple=True, separator="/")
 
 
@@ -52,22 +60,61 @@ def leaf_at(tree: Any, path: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ values
+def _shape_arg(shape: Any, who: str) -> tuple[int, ...]:
+    """`shape` must be a sequence of ints >= 0."""
+    if isinstance(shape, (str, bytes, Mapping)) or not isinstance(shape, Sequence):
+        raise TypeError(f"hyperjax.testing.{who}: `shape` must be a sequence of ints >= 0, got {shape!r} "
+                        f"({type(shape).__name__}).")
+    return tuple(_checks.non_negative_int(n, "shape", f"testing.{who}") for n in shape)
+
+
+def _dtype_arg(dtype: Any, option: str, who: str) -> Any:
+    """`dtype` must name a NumPy / JAX dtype (jnp.float32, "bfloat16", np.dtype(...))."""
+    try:
+        jnp.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"hyperjax.testing.{who}: `{option}` must be a dtype such as jnp.float32, got {dtype!r} "
+                        f"({type(dtype).__name__}).") from None
+    return dtype
+
+
 def sds(shape: Sequence[int], dtype: Any = jnp.float32) -> jax.ShapeDtypeStruct:
-    """`jax.ShapeDtypeStruct(shape, dtype)`: example params as shapes only, for `from_fn`."""
-    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+    """`jax.ShapeDtypeStruct(shape, dtype)`: example params as shapes only, for `from_fn`.
+
+    Raises:
+      TypeError: `shape` is not a sequence of ints, or `dtype` is not a dtype.
+      ValueError: a size < 0.
+    """
+    shape = _shape_arg(shape, "sds")
+    return jax.ShapeDtypeStruct(shape, _dtype_arg(dtype, "dtype", "sds"))
 
 
 def ramp(shape: Sequence[int], lo: float = -1.0, hi: float = 1.0, dtype: Any = jnp.float32) -> Array:
-    """Deterministic input f[*shape]: `linspace(lo, hi)` over all elements, reshaped (no PRNG)."""
+    """Deterministic input f[*shape]: `linspace(lo, hi)` over all elements, reshaped (no PRNG).
+
+    Raises:
+      TypeError: `shape` is not a sequence of ints, or `dtype` is not a dtype.
+      ValueError: a size < 0.
+    """
+    shape = _shape_arg(shape, "ramp")
+    _dtype_arg(dtype, "dtype", "ramp")
     n = math.prod(shape)
-    return jnp.asarray(np.linspace(lo, hi, n).reshape(tuple(shape)), dtype)
+    return jnp.asarray(np.linspace(lo, hi, n).reshape(shape), dtype)
 
 
 def filled(tree: Any) -> Any:
     """Deterministic non-zero values for an abstract tree (leaf i: sin(0.37 k + i)), built with NumPy.
 
     Cheaper than `init(key)` when only structure or dtypes matter: no PRNG program to compile.
+
+    Raises:
+      TypeError: a leaf is no array or jax.ShapeDtypeStruct (naming its path), or the tree does not flatten.
     """
+    _checks.array_leaves(tree, "tree", "testing.filled")
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise TypeError(f"hyperjax.testing.filled: leaf '{_paths.path_str(key_path)}' of `tree` must be an "
+                            f"array or a jax.ShapeDtypeStruct, got {type(leaf).__name__}.")
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     out = [np.sin(np.arange(math.prod(l.shape)) * 0.37 + i).reshape(l.shape).astype(l.dtype)
            for i, l in enumerate(leaves)]
@@ -156,8 +203,12 @@ def mlp_spec(widths: Sequence[int] = (5, 7, 3), *,
 
     Paths 'Dense_i/kernel' f[widths[i], widths[i+1]] and 'Dense_i/bias'; the default is the 5 -> 7 -> 3
     ReLU MLP (56 + 10 params).
+
+    Raises:
+      TypeError: `widths` is not a sequence of ints.
+      ValueError: fewer than 2 widths (an input and at least one layer) or a width <= 0.
     """
-    widths = tuple(int(w) for w in widths)
+    widths = _widths(widths, "mlp_spec")
     mlp = _linen_modules()["MLP"](features=widths[1:], activation=activation)
     return _targets.from_linen(mlp, jnp.zeros((1, widths[0]), jnp.float32))
 
@@ -176,12 +227,27 @@ def cnn_spec(channels: Sequence[int] = (4,), *, kernel: int = 3, classes: int = 
     return _targets.from_linen(cnn, jnp.zeros((1, *image), jnp.float32))
 
 
+def _widths(widths: Any, who: str) -> tuple[int, ...]:
+    """At least two positive int widths: the input size, then one per layer."""
+    widths = _checks.positive_ints(widths, "widths", f"testing.{who}")
+    if len(widths) < 2:
+        raise ValueError(f"hyperjax.testing.{who}: `widths` must give the input size and at least one layer "
+                         f"width (e.g. (5, 7, 3)), got {widths}.")
+    return widths
+
+
 def stacked_spec(depth: int = 3, width: int = 4, *, d_in: int = 3, d_out: int = 2) -> TargetSpec:
     """Linen `StackedMLP`: a scanned target whose hidden layers' leaves have a leading layer axis.
 
     x f[batch, d_in] -> f[batch, d_out]. Paths 'Dense_0/*' (d_in -> width), 'ScanBlock_0/Dense_0/kernel'
     f[depth, width, width], 'ScanBlock_0/Dense_0/bias' f[depth, width], 'Dense_1/*' (width -> d_out).
+
+    Raises:
+      TypeError: a size that is not an int.
+      ValueError: a size <= 0.
     """
+    for option, value in (("depth", depth), ("width", width), ("d_in", d_in), ("d_out", d_out)):
+        _checks.positive_int(value, option, "testing.stacked_spec")
     net = _linen_modules()["StackedMLP"](depth=depth, width=width, d_out=d_out)
     return _targets.from_linen(net, jnp.zeros((1, d_in), jnp.float32))
 
@@ -223,7 +289,12 @@ def fn_mlp_spec(widths: Sequence[int] = (5, 7, 3), *, activation: Callable[[Arra
 
 
 def mixed_dtype_spec(widths: Sequence[int] = (5, 4, 3), *, low: Any = jnp.bfloat16) -> TargetSpec:
-    """`fn_mlp_spec` with tanh whose first kernel 'l0/kernel' is `low` (bfloat16) beside float32 leaves."""
+    """`fn_mlp_spec` with tanh whose first kernel 'l0/kernel' is `low` (bfloat16) beside float32 leaves.
+
+    Raises:
+      TypeError: `low` is not a dtype.
+    """
+    _dtype_arg(low, "low", "mixed_dtype_spec")
     return fn_mlp_spec(widths, activation=jnp.tanh, dtypes={"l0/kernel": low})
 
 
@@ -349,6 +420,7 @@ def assert_generates(hnet: HyperNetwork, target: TargetSpec | Any, cond: Any = N
     (e.g. {"tau": 0.5}). Raises AssertionError naming the leaf path of the first failure.
     """
     who = "assert_generates"
+    _checks.hypernetwork(hnet, f"testing.{who}")
     key = jax.random.key(0) if key is None else key
     k_init, k_probe = jax.random.split(key)
     kwargs = dict(apply_kwargs or {})

@@ -16,7 +16,7 @@ import optax
 
 from hyperjax._src import checks as _checks
 from hyperjax._src import paths as _paths
-from hyperjax._src.spec import abstract
+from hyperjax._src.spec import _abstract as abstract
 from hyperjax._src.types import Array, PRNGKey
 
 # The roles of a generator's hparams, its top-level keys (the generators build that layout):
@@ -178,6 +178,7 @@ def global_norm(tree: Any) -> Array:
     60 rounds x 20 steps (2 CPU cores shared, load 8-10): this norm 6.1 ms/step, tree_norm 10.9 ms,
     optax.global_norm 11.1 ms, no norm 4.6 ms; a second run (load ~6): 3.4 / 7.5 / 6.9 / 2.6 ms.
     """
+    _checks.array_leaves(tree, "tree", "training.global_norm")
     leaves = jax.tree.leaves(tree)
     acc = jnp.float64 if any(jnp.result_type(x) in (jnp.float64, jnp.complex128) for x in leaves) else jnp.float32
     total = jnp.zeros((), acc)
@@ -239,11 +240,34 @@ def first_nonfinite(params: Any, metrics: Mapping[str, Any]) -> str | None:
     gradient leaf's path (e.g. "hyper/mlp/0/w"), or None when the step was finite. Host-side (reads metrics).
 
     params: the state's params (for the leaf paths); metrics: that step's metrics (per step, not stacked).
+
+    Raises:
+      TypeError: `metrics` is not a dict, or `params` is not a pytree of arrays.
+      ValueError: `metrics` has no "nonfinite_index" (the step was built without skip_nonfinite=True), holds
+        it stacked over steps, or names a leaf `params` does not have.
     """
-    index = int(metrics["nonfinite_index"])
+    who = "hyperjax.training.first_nonfinite"
+    _checks.array_leaves(params, "params", "training.first_nonfinite")
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"{who}: `metrics` must be the metrics dict of one step of make_step(..., "
+                        f"skip_nonfinite=True), got {type(metrics).__name__}.")
+    if "nonfinite_index" not in metrics:
+        raise ValueError(f"{who}: `metrics` has no 'nonfinite_index' (keys: {sorted(map(str, metrics))}); build "
+                         f"the step with make_step(..., skip_nonfinite=True).")
+    raw = metrics["nonfinite_index"]
+    if jnp.ndim(raw) != 0:
+        raise ValueError(f"{who}: metrics['nonfinite_index'] must be a scalar (the metrics of one step), got shape "
+                         f"{tuple(jnp.shape(raw))}; index the stacked metrics per step first.")
+    index = int(raw)
     if index < 0:
         return None
-    return "loss" if index == 0 else _paths.leaves_with_paths(params)[index - 1][0]
+    if index == 0:
+        return "loss"
+    leaves = _paths.leaves_with_paths(params)
+    if index > len(leaves):
+        raise ValueError(f"{who}: metrics['nonfinite_index']={index} names gradient leaf {index - 1}, but `params` "
+                         f"has {len(leaves)} leaves; pass the params of the state the step was run on.")
+    return leaves[index - 1][0]
 
 
 def _stacked_length(batch: Any, k: int, who: str) -> None:
@@ -341,7 +365,12 @@ def _checked_step(step: Callable[..., Any], jit: bool) -> Callable[..., Any]:
 
 
 def count_params(tree: Any) -> int:
-    """Number of scalars in a pytree of arrays or ShapeDtypeStructs (`optax.tree_utils.tree_size`)."""
+    """Number of scalars in a pytree of arrays or ShapeDtypeStructs (`optax.tree_utils.tree_size`).
+
+    Raises:
+      TypeError: the tree does not flatten, or a leaf is no array, ShapeDtypeStruct or number (naming its path).
+    """
+    _checks.array_leaves(tree, "tree", "training.count_params")
     return int(optax.tree_utils.tree_size(tree))
 
 

@@ -214,7 +214,7 @@ class Tied(TargetSpec):
         Raises:
           ValueError: naming missing / unexpected free paths or a leaf whose shape or dtype differs.
         """
-        check_params(self, free, "tie.expand")
+        check_params(self, free, "Tied.expand")
         leaves = dict(_paths.leaves_with_paths(free))
         full = {}
         for path in self.full.paths:
@@ -234,7 +234,7 @@ class Tied(TargetSpec):
         Raises:
           ValueError: `params` does not match `full`.
         """
-        check_params(self.full, params, "tie.collapse")
+        check_params(self.full, params, "Tied.collapse")
         leaves = dict(_paths.leaves_with_paths(params))
         return _paths.nest({p: leaves[p] for p in self.paths})
 

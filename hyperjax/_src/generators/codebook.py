@@ -237,6 +237,7 @@ def codebook_export(hnet: HyperNetwork, hparams: HParams) -> tuple[Params, dict[
       "compression": bits_dense / bits_indexed, "compression_entropy": bits_dense / bits_entropy}.
     """
     who = "generators.codebook_export"
+    checks.hypernetwork(hnet, who)
     book = _book(hparams, who)
 
     def harden(a):

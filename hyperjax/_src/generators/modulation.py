@@ -98,6 +98,9 @@ def modulated_matmul(x: Array, w: Any) -> Array:
             checks.batch_prefix(jnp.shape(y), jnp.shape(w.scale_out), w.base.shape[1], "output scales", who)
             y = y * w.scale_out
         return y
+    if not isinstance(w, (jax.Array, np.ndarray)):
+        raise TypeError(f"hyperjax.{who}: `w` must be a kernel array f[n_in, n_out] or the factors from "
+                        f"Modulated.factors (LowRankFactors, ScaleFactors), got {type(w).__name__}.")
     if jnp.ndim(w) != 2 or jnp.shape(x)[-1:] != jnp.shape(w)[:1]:
         raise ValueError(f"hyperjax.{who}: expected x f[..., n_in] and a kernel f[n_in, n_out] (or factors "
                          f"from Modulated.factors), got x {tuple(jnp.shape(x))} and w {tuple(jnp.shape(w))}.")

@@ -19,4 +19,8 @@ def partial(factory: Callable[..., HyperNetwork], target: TargetSpec, *, where: 
     if where is None:
         raise ValueError("hyperjax.generators.partial: `where` is required (a glob such as '*/kernel', "
                          "a list of globs, or a (path, leaf) -> bool predicate).")
+    if not callable(factory):
+        raise TypeError(f"hyperjax.generators.partial: `factory` must be a generator factory such as "
+                        f"hyperjax.generators.dense, called as factory(target, where=..., **kwargs), got "
+                        f"{type(factory).__name__}.")
     return factory(target, where=where, **kwargs)

@@ -238,8 +238,24 @@ def per_layer_param_count(kernel_shape: tuple[int, ...], *, z_dim: int = 4, d: i
 
     in_b (d (z_dim + cond_dim) + d) + prod(spatial) out_b (d + 1); num_blocks > 0 adds num_blocks * z_dim
     embeddings. per_layer_param_count((7, 7, 16, 16), z_dim=4, d=4) == 4240 (Ha et al.'s MNIST figure).
+
+    Raises:
+      TypeError: `kernel_shape` is not a sequence of ints, or an option is not an int.
+      ValueError: an empty `kernel_shape` or a size <= 0, z_dim / d <= 0, cond_dim / num_blocks < 0, an unknown
+        layout.
     """
-    shape = tuple(kernel_shape)
+    who = "generators.per_layer_param_count"
+    if checks._is_int(kernel_shape):
+        raise TypeError(f"hyperjax.{who}: `kernel_shape` must be a sequence of positive ints such as (7, 7, 16, 16), "
+                        f"got {kernel_shape!r} (int).")
+    shape = checks.positive_ints(kernel_shape, "kernel_shape", who)
+    if not shape:
+        raise ValueError(f"hyperjax.{who}: `kernel_shape` must be a non-empty sequence of positive ints, got ().")
+    checks.positive_int(z_dim, "z_dim", who)
+    checks.positive_int(d, "d", who)
+    checks.non_negative_int(cond_dim, "cond_dim", who)
+    checks.non_negative_int(num_blocks, "num_blocks", who)
+    checks.one_of(layout, ("in_out", "out_in"), "layout", who)
     if len(shape) == 1:
         spatial, n_in, n_out = (), 1, shape[0]
     elif layout == "in_out":

@@ -214,7 +214,18 @@ def rowwise_param_count(*, emb_dim: int, units: int, hidden: Sequence[int] = (64
     """Trainable scalars of `rowwise`'s generator (excluding the ordinary params of other leaves).
 
     num_features: D when the embeddings are learned (adds D * emb_dim), 0 for fixed embeddings.
+
+    Raises:
+      TypeError: an option that is not an int (`hidden`: not a sequence of ints).
+      ValueError: emb_dim / units or a hidden width <= 0; cond_dim, decoder_units, num_features, num_conds < 0.
     """
+    who = "generators.rowwise_param_count"
+    checks.positive_int(emb_dim, "emb_dim", who)
+    checks.positive_int(units, "units", who)
+    hidden = checks.positive_ints(hidden, "hidden", who)
+    for option, value in (("cond_dim", cond_dim), ("decoder_units", decoder_units),
+                          ("num_features", num_features), ("num_conds", num_conds)):
+        checks.non_negative_int(value, option, who)
     sizes = (emb_dim + cond_dim, *hidden)
     n = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
     n += (sizes[-1] + 1) * units + ((sizes[-1] + 1) * decoder_units if decoder_units else 0)

@@ -36,15 +36,15 @@ def from_equinox(module: Any, *, factory: Callable[[jax.Array], Any] | None = No
     try:
         import equinox as eqx
     except ImportError as e:
-        raise checks.missing_extra("equinox", "equinox", "from_equinox") from e
+        raise checks.missing_extra("equinox", "equinox", "targets.from_equinox") from e
 
     if not isinstance(module, eqx.Module):
-        raise TypeError(f"hyperjax.from_equinox: expected an equinox.Module, got {type(module).__name__}.")
+        raise TypeError(f"hyperjax.targets.from_equinox: expected an equinox.Module, got {type(module).__name__}.")
     state_leaves = [x for x in jax.tree_util.tree_leaves(module, is_leaf=lambda x: isinstance(x, eqx.nn.StateIndex))
                     if isinstance(x, eqx.nn.StateIndex)]
     if state_leaves:
         raise checks.unsupported_state(
-            ["eqx.nn.State"], "from_equinox",
+            ["eqx.nn.State"], "targets.from_equinox",
             "Remove the stateful layers (e.g. eqx.nn.BatchNorm) or thread the state in a plain function "
             "given to from_fn.")
     params, static = eqx.partition(module, _is_float_leaf)
@@ -53,7 +53,7 @@ def from_equinox(module: Any, *, factory: Callable[[jax.Array], Any] | None = No
         return eqx.combine(p, static)(*args, **kwargs)
 
     if factory is not None and not callable(factory):
-        raise TypeError(f"hyperjax.from_equinox: `factory` must be callable (key -> a new module) or None, got "
+        raise TypeError(f"hyperjax.targets.from_equinox: `factory` must be callable (key -> a new module) or None, got "
                         f"{type(factory).__name__}.")
     concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
     init_fn = current_weights(params) if concrete else None

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
+
 from hyperjax._src import checks
-from hyperjax._src.spec import spec_from_params, TargetSpec
+from hyperjax._src.spec import LAYOUTS, leaves_and_treedef, spec_from_params, TargetSpec
 from hyperjax._src.types import Params, PRNGKey
 
 
@@ -23,7 +25,13 @@ def from_fn(apply_fn: Callable[..., Any], example_params: Any, *,
       ValueError: no leaves, a non-floating leaf, two leaves with one path string, an unknown layout.
     """
     if not callable(apply_fn):
-        raise TypeError(f"hyperjax.from_fn: `apply_fn` must be callable as apply_fn(params, *args), got "
+        raise TypeError(f"hyperjax.targets.from_fn: `apply_fn` must be callable as apply_fn(params, *args), got "
                         f"{type(apply_fn).__name__}.")
-    checks.array_leaves(example_params, "example_params", "from_fn")
+    checks.array_leaves(example_params, "example_params", "targets.from_fn")
+    checks.one_of(layout, LAYOUTS, "layout", "targets.from_fn")
+    leaves, _ = leaves_and_treedef(example_params, "targets.from_fn")
+    for path, leaf in leaves.items():
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise ValueError(f"hyperjax.targets.from_fn: leaf '{path}' has dtype {leaf.dtype}; only floating "
+                             f"point parameters can be generated or trained.")
     return spec_from_params(apply_fn, example_params, init_fn=init_fn, layout=layout, framework="function")

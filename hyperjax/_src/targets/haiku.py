@@ -27,7 +27,7 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
     try:
         import haiku as hk
     except ImportError as e:
-        raise checks.missing_extra("haiku", "dm-haiku", "from_haiku") from e
+        raise checks.missing_extra("haiku", "dm-haiku", "targets.from_haiku") from e
 
     if not isinstance(transformed, (hk.Transformed, hk.TransformedWithState)):   # not just any object with
         # init/apply: a linen module and hk.multi_transform have both and failed (or ran) far from here
@@ -35,7 +35,7 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
         hint = (" For a flax.linen module use from_linen." if kind.__module__.startswith("flax") else
                 " hk.multi_transform results are not supported; transform each function." if
                 kind.__name__.startswith("MultiTransformed") else "")
-        raise TypeError(f"hyperjax.from_haiku: expected the result of hk.transform, got {kind.__name__}.{hint}")
+        raise TypeError(f"hyperjax.targets.from_haiku: expected the result of hk.transform, got {kind.__name__}.{hint}")
     stateful = isinstance(transformed, hk.TransformedWithState)
 
     def init_all(key, args, kwargs):
@@ -45,7 +45,7 @@ def from_haiku(transformed: Any, *example_args: Any, with_state: bool = False, *
     abs_params, abs_state = jax.eval_shape(init_all, jax.random.key(0), example_args, example_kwargs)
     if jax.tree_util.tree_leaves(abs_state) and not with_state:
         raise checks.unsupported_state(
-            sorted(abs_state), "from_haiku",
+            sorted(abs_state), "targets.from_haiku",
             "Pass with_state=True to thread it explicitly: spec.apply(params, state, x) -> (y, new_state).")
     takes_rng = "rng" in inspect.signature(transformed.apply).parameters
 

@@ -30,7 +30,7 @@ def from_linen(module: Any, *example_args: Any, with_state: bool = False, params
     import flax.linen as nn
 
     if not isinstance(module, nn.Module):
-        raise TypeError(f"hyperjax.from_linen: expected a flax.linen.Module, got {type(module).__name__}. "
+        raise TypeError(f"hyperjax.targets.from_linen: expected a flax.linen.Module, got {type(module).__name__}. "
                         f"For NNX use from_nnx, for Equinox from_equinox.")
 
     def init_variables(key, args, kwargs):
@@ -38,11 +38,11 @@ def from_linen(module: Any, *example_args: Any, with_state: bool = False, params
 
     variables = jax.eval_shape(init_variables, jax.random.key(0), example_args, example_kwargs)
     if "params" not in variables:
-        raise ValueError("hyperjax.from_linen: the module created no 'params' collection.")
+        raise ValueError("hyperjax.targets.from_linen: the module created no 'params' collection.")
     state_cols = sorted(c for c in variables if c != "params")
     if state_cols and not with_state:
         raise checks.unsupported_state(
-            state_cols, "from_linen",
+            state_cols, "targets.from_linen",
             "Pass with_state=True to thread it explicitly: spec.apply(params, state, x) -> (y, new_state).")
     if params is not None and "params" in params and set(params) <= set(variables):
         params = params["params"]                       # the whole variables dict was given

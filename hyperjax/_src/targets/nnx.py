@@ -32,14 +32,14 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
     from flax import nnx
 
     if not isinstance(module, nnx.Module):
-        raise TypeError(f"hyperjax.from_nnx: expected a flax.nnx.Module, got {type(module).__name__}.")
+        raise TypeError(f"hyperjax.targets.from_nnx: expected a flax.nnx.Module, got {type(module).__name__}.")
     graphdef, param_state, rest = nnx.split(module, nnx.Param, ...)
     stateful = sorted({"/".join(str(k) for k in path) + f" ({type(v).__name__})"
                        for path, v in rest.flat_state()
                        if not isinstance(v, nnx.RngState)})
     if stateful:
         raise checks.unsupported_state(
-            stateful, "from_nnx",
+            stateful, "targets.from_nnx",
             "Build the spec from a module without batch statistics, or wrap the stateful call in a plain "
             "function and use from_fn(apply_fn, params) with the state handled explicitly.")
     template = param_state.to_pure_dict()
@@ -52,7 +52,7 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
         return nnx.merge(graphdef, state, jax.tree.map(lambda x: x, rest))(*args, **kwargs)
 
     if factory is not None and not callable(factory):
-        raise TypeError(f"hyperjax.from_nnx: `factory` must be callable (key -> a new module) or None, got "
+        raise TypeError(f"hyperjax.targets.from_nnx: `factory` must be callable (key -> a new module) or None, got "
                         f"{type(factory).__name__}.")
     concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(template))
     init_fn = current_weights(template) if concrete else None
