@@ -74,12 +74,18 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, key: PRNGKe
     if key is not None and not isinstance(key, jax.Array):
         raise TypeError(f"hyperjax.{who}: `key` must be a PRNG key (jax.random.key(seed)) or None, "
                         f"got {type(key).__name__}.")
-    params = jax.tree.map(jnp.copy, params)
-    with jax.numpy_dtype_promotion("standard"):
-        opt_state = optimizer.init(params)
-    return TrainState(jnp.zeros((), jnp.int32), params, opt_state, None if key is None else jnp.copy(key),
-                      None if model_state is None else jax.tree.map(jnp.copy, model_state),
-                      jnp.zeros((), jnp.int32) if skip_nonfinite else None)
+
+    def build(params: Any, key: PRNGKey | None, model_state: Any) -> TrainState:
+        params = jax.tree.map(jnp.copy, params)
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state = optimizer.init(params)
+        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, None if key is None else jnp.copy(key),
+                          None if model_state is None else jax.tree.map(jnp.copy, model_state),
+                          jnp.zeros((), jnp.int32) if skip_nonfinite else None)
+
+    # one compiled program: run eagerly, each copy and each zeros_like of the optimizer state is dispatched and
+    # compiled on its own (one XLA compilation per distinct leaf shape and dtype)
+    return jax.jit(build)(params, key, model_state)
 
 
 def _compile_rules(rules: Rules | None, who: str) -> list[tuple[_paths.Selector, str]]:

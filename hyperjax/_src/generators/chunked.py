@@ -16,6 +16,32 @@ from hyperjax._src.types import HyperNetwork
 _N_CALIBRATION = 16   # unit-normal conds averaged to scale the output layer at init
 
 
+@jax.custom_vjp
+def _output_layer(h: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """h f[n_chunks, d] @ w f[d, chunk_size] + b f[chunk_size]: every chunk through the shared output layer.
+
+    The backward computes dw = h^T g with the small h as the left operand. JAX's own transpose of a matmul
+    is dot_general(g, h): under `jax.vmap` over conds it contracts two axes (cond, chunk) of the big
+    cotangent g f[B, n_chunks, chunk_size], and XLA CPU then copies g transposed to f[chunk_size,
+    B * n_chunks] before the dot (a strided pass over every generated scalar of every cond). With h on the
+    left, XLA transposes h (B x n_chunks x d) instead. Reverse mode only: jax.jvp / jacfwd through it raise.
+    """
+    return h @ w + b[None, :]
+
+
+def _output_layer_fwd(h, w, b):
+    return h @ w + b[None, :], (h, w)
+
+
+def _output_layer_bwd(res, g):
+    h, w = res
+    dw = jax.lax.dot_general(h, g, (((0,), (0,)), ((), ())))
+    return g @ w.T, dw.astype(w.dtype), jnp.sum(g, axis=0)
+
+
+_output_layer.defvjp(_output_layer_fwd, _output_layer_bwd)
+
+
 def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None, num_conds: int | None = None,
             chunk_emb_dim: int = 8, hidden: int | Sequence[int] = common.DEFAULT_HIDDEN, where: Any = None,
             init: str = "hyperfan_in", center: bool = True,
@@ -73,15 +99,14 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
         return h - jnp.mean(h, axis=0, keepdims=True) if center else h
 
     def core_init(key):
-        k_emb, k_mlp, k_cal = jax.random.split(key, 3)
-        chunk_emb = jax.random.normal(k_emb, (n_chunks, chunk_emb_dim), dtype)
+        k_emb, k_mlp = jax.random.split(key)
+        chunk_emb, cal = common.normals(k_emb, [(n_chunks, chunk_emb_dim), (_N_CALIBRATION, cond.dim)], dtype)
         mlp = common.mlp_init(k_mlp, sizes, dtype, out_std=1.0)
         # data-dependent hyperfan: scale the output layer so raw outputs have unit variance over chunks and
         # over unit-normal conds (the distribution of learned cond embeddings; `dense` assumes the same)
         def moment(c):
             h = features(mlp, c, chunk_emb)
             return jnp.mean(jnp.sum(h * h, axis=1))
-        cal = jax.random.normal(k_cal, (_N_CALIBRATION, cond.dim), dtype)
         second_moment = jnp.maximum(jnp.mean(jax.lax.map(moment, cal)), 1e-12)
         mlp[-1]["w"] = mlp[-1]["w"] * jax.lax.rsqrt(second_moment).astype(dtype)
         return {"hyper": {"mlp": mlp}, "embedding": {"chunk_emb": chunk_emb}}
@@ -90,7 +115,7 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
         mlp = hparams["hyper"]["mlp"]
         h = features(mlp, c.astype(dtype), hparams["embedding"]["chunk_emb"])
         out = mlp[-1]
-        flat = jax.vmap(lambda hc: hc @ out["w"] + out["b"])(h).reshape(-1)
+        flat = _output_layer(h, out["w"], out["b"]).reshape(-1)
         return common.split_leaves(target, paths, flat, affine=affine)
 
     return common.assemble(target, paths, common.Core(core_init, core_apply), cond, dtype, who)

@@ -102,9 +102,8 @@ def _no_conditioned_form(cond_dim: Any, num_conds: Any) -> None:
 def _reference_weights(key: Array, paths: tuple[str, ...], shapes: dict[str, tuple[int, ...]], mean: Any,
                        std: Any) -> dict[str, Array]:
     """{path: w0 f32[leaf size]}: one reference weight per slot with its leaf's init mean and std."""
-    keys = jax.random.split(key, len(paths))
-    return {p: mean[i] + std[i] * jax.random.normal(keys[i], (math.prod(shapes[p]),), jnp.float32)
-            for i, p in enumerate(paths)}
+    z = common.normals(key, [(math.prod(shapes[p]),) for p in paths], jnp.float32)
+    return {p: mean[i] + std[i] * z[i] for i, p in enumerate(paths)}
 
 
 def _values_and_logits(w0: Array, *, k: int, spread: float, dtype: Any) -> tuple[Array, Array]:

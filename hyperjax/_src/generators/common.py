@@ -47,6 +47,18 @@ def matrices(path: str, leaf: Any) -> bool:
     return len(leaf.shape) == 2
 
 
+# ---------------------------------------------------------------- random draws
+def normals(key: PRNGKey, shapes: Sequence[tuple[int, ...]], dtype: Any) -> list[Array]:
+    """Standard normal arrays of `shapes`, cut from one `jax.random.normal` draw of their total size.
+
+    Each random call in an init is one more threefry computation for XLA to compile (0.3-1 s each on a
+    2-core CPU, most of an init's time), so draws over layers, groups or leaves are one call, not one each.
+    """
+    sizes = [math.prod(s) for s in shapes]
+    flat = jax.random.normal(key, (sum(sizes),), dtype)
+    return [p.reshape(s) for p, s in zip(jnp.split(flat, np.cumsum(sizes)[:-1].tolist()), shapes)]
+
+
 # ---------------------------------------------------------------- MLP
 def mlp_init(key: PRNGKey, sizes: Sequence[int], dtype: Any, out_std: Any = None,
              out_mean: Any = 0.0) -> list[dict[str, Array]]:
@@ -55,12 +67,12 @@ def mlp_init(key: PRNGKey, sizes: Sequence[int], dtype: Any, out_std: Any = None
     Hidden layers: He-normal (ReLU keeps the second moment of the input). Output layer: N(0, out_std^2)
     per output column (a scalar or f[n_out]), bias `out_mean` (a scalar or f[n_out]).
     """
-    keys = jax.random.split(key, len(sizes) - 1)
+    draws = normals(key, list(zip(sizes[:-1], sizes[1:])), dtype)
     layers = []
-    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    for i, (z, n_in, n_out) in enumerate(zip(draws, sizes[:-1], sizes[1:])):
         last = i == len(sizes) - 2
         std = out_std if last and out_std is not None else math.sqrt(2.0 / n_in)
-        w = jax.random.normal(k, (n_in, n_out), dtype) * jnp.broadcast_to(jnp.asarray(std, dtype), (1, n_out))
+        w = z * jnp.broadcast_to(jnp.asarray(std, dtype), (1, n_out))
         b = jnp.broadcast_to(jnp.asarray(out_mean if last else 0.0, dtype), (n_out,))
         layers.append({"w": w, "b": jnp.array(b)})
     return layers
@@ -104,18 +116,23 @@ def split_leaves(target: TargetSpec, paths: Sequence[str], flat: Array,
     """f[n] vector (n >= total size; the tail is dropped) -> {path: leaf} with the spec's shape and dtype.
 
     `affine` = (mean, std) per leaf applies `leaf = mean + std * raw` with static Python floats, which XLA
-    fuses into the slice and reshape.
+    fuses into the split and reshape.
+
+    One `jnp.split`, not a slice per leaf: the transpose of a slice is a pad to the full length, so the
+    backward pass of L leaves built L full-size buffers and summed them; under `jax.vmap` over conds XLA
+    fused those pads into the transposed copy of chunked's output-layer gradient, reading L arrays at a
+    4 KB stride per element (65 of 85 ms of an 8-cond gradient, 1.8x the bytes of a Python loop). The
+    transpose of one split is one concatenate.
     """
-    out, offset = {}, 0
-    for i, p in enumerate(paths):
+    parts = jnp.split(flat, np.cumsum([math.prod(target.leaves[p].shape) for p in paths]).tolist())
+    out = {}
+    for i, p in enumerate(paths):          # parts[-1] is the dropped tail
         s = target.leaves[p]
-        n = math.prod(s.shape)
-        leaf = flat[offset:offset + n]
+        leaf = parts[i]
         if affine is not None:
             mean, std = float(affine[0][i]), float(affine[1][i])
             leaf = leaf * std + mean if mean else leaf * std
         out[p] = leaf.reshape(s.shape).astype(s.dtype)
-        offset += n
     return out
 
 
@@ -127,7 +144,12 @@ def embeddings(key: PRNGKey, n: int, dim: int, dtype: Any) -> Array:
     a generated network's init variance is proportional to its code's squared norm, so with 8-d N(0, 1) codes
     single networks landed anywhere in 0.3-3.3x the hyperfan target (20 seeds); normalised, every row is alike.
     """
-    e = jax.random.normal(key, (n, dim), jnp.float32)
+    return unit_rows(jax.random.normal(key, (n, dim), jnp.float32), dtype)
+
+
+def unit_rows(e: Array, dtype: Any) -> Array:
+    """f[n, dim] Gaussian draws -> the same directions scaled to norm sqrt(dim) (see `embeddings`)."""
+    e = e.astype(jnp.float32)
     e = e * jax.lax.rsqrt(jnp.maximum(jnp.mean(jnp.square(e), axis=1, keepdims=True), 1e-12))
     return e.astype(dtype)
 
@@ -304,6 +326,9 @@ def assemble(target: TargetSpec, paths: Sequence[str], core: Core, cond: Conditi
             parts.append({"direct": _paths.nest({p: l for p, l in leaves if p in set(direct)})})
         return _merge_roles(*parts)
 
+    # one compiled program: run eagerly, every random draw, reshape and product of an init (and of the
+    # target's own init) is dispatched and compiled on its own, 15-45 XLA compilations per generator
+    init = jax.jit(init)
     check_hparams = hparams_checker(init, who)
 
     def apply(hparams: HParams, c: Any = None, **call: Any) -> Any:

@@ -52,9 +52,10 @@ def low_rank(target: TargetSpec, *, rank: int, cond_dim: int | None = None, num_
     rank = checks.positive_int(rank, "rank", who)
     init_scale = checks.positive_float(init_scale, "init_scale", who)
 
-    def leaf_init(key, l: Leaf):
-        k_u, k_v = jax.random.split(key)
-        return {"u": jax.random.normal(k_u, (l.rows, rank), dtype), "v": jax.random.normal(k_v, (l.cols, rank), dtype)}
+    def leaf_init(key, leaves: list[Leaf]):
+        """U, V ~ N(0, 1) of every leaf, from one draw."""
+        z = common.normals(key, [s for l in leaves for s in ((l.rows, rank), (l.cols, rank))], dtype)
+        return {l.path: {"u": z[2 * i], "v": z[2 * i + 1]} for i, l in enumerate(leaves)}
 
     def materialise(w0, extra, s, l):
         return w0 + (extra["u"] * s[None, :]) @ extra["v"].T

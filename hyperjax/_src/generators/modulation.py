@@ -133,7 +133,7 @@ class Kind(NamedTuple):
     extra: tuple[str, ...]                                          # names of per-leaf params (e.g. "u", "v")
     n_mod: Callable[[Leaf], int]                                    # MLP outputs per leaf
     out_moments: Callable[[Leaf], tuple[float, float]]              # (mean, std) of those outputs at init
-    leaf_init: Callable[[PRNGKey, Leaf], dict[str, Array]]          # extra per-leaf params (U, V)
+    leaf_init: Callable[[PRNGKey, list[Leaf]], dict[str, dict[str, Array]]]   # {path: extra params (U, V)}
     materialise: Callable[[Array, dict[str, Array], Array, Leaf], Array]     # (W0, extra, m f[k]) -> W
     factors: Callable[[Array, dict[str, Array], Array, Leaf], Any]           # (W0, extra, m f[..., k]) -> F
 
@@ -165,12 +165,11 @@ def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, wher
 
     def core_init(key: PRNGKey) -> dict[str, Any]:
         k_base, k_mlp, k_extra = jax.random.split(key, 3)
-        k_leaves = jax.random.split(k_base, len(leaves))
-        base = {l.path: jax.random.normal(k, (l.rows, l.cols), dtype) * jnp.asarray(l.std, dtype)
-                for k, l in zip(k_leaves, leaves)}
+        z = common.normals(k_base, [(l.rows, l.cols) for l in leaves], dtype)
+        base = {l.path: zl * jnp.asarray(l.std, dtype) for zl, l in zip(z, leaves)}
         hyper: dict[str, Any] = {"mlp": common.mlp_init(k_mlp, sizes, dtype, out_std=out_std,
                                                         out_mean=out_mean if out_mean.any() else 0.0)}
-        extra = {l.path: kind.leaf_init(k, l) for k, l in zip(jax.random.split(k_extra, len(leaves)), leaves)}
+        extra = kind.leaf_init(k_extra, leaves)
         for name in kind.extra:
             hyper[name] = _paths.nest({p: e[name] for p, e in extra.items()})
         return {"hyper": hyper, "base": _paths.nest(base)}
@@ -269,6 +268,7 @@ def scale_modulation(target: TargetSpec, *, cond_dim: int | None = None, num_con
             return ScaleFactors(w0.T, b, a)
         return ScaleFactors(w0, a, b)
 
-    kind = Kind("scale", (), n_mod, lambda l: (1.0, init_scale), lambda key, l: {}, materialise, factors)
+    kind = Kind("scale", (), n_mod, lambda l: (1.0, init_scale), lambda key, ls: {l.path: {} for l in ls},
+                materialise, factors)
     return build(target, kind=kind, cond_dim=cond_dim, num_conds=num_conds, where=where, hidden=hidden,
                  init=init, activation=activation, z_dim=z_dim, dtype=dtype, who=who)

@@ -98,19 +98,22 @@ def _unstacked_moments(target: TargetSpec, paths: tuple[str, ...], stack_axes: i
     return common.leaf_moments(layer, paths, init, WHO)
 
 
-def _group_init(key: PRNGKey, members: list[_Leaf], z_dim: int, c_dim: int, d: int, dtype: Any
-                ) -> tuple[dict[str, Array], Array]:
-    """One block shape's generator (w_in, b_in, w_out, b_out) and its blocks' embeddings f[n_blocks, z_dim]."""
+def _group_shapes(members: list[_Leaf], z_dim: int, c_dim: int, d: int) -> list[tuple[int, ...]]:
+    """Shapes of one block shape's (layer embeddings, w_in, w_out)."""
     first = members[0]
-    in_b, k_out = first.in_b, math.prod(first.spatial) * first.out_b
     n = sum(m.n_blocks for m in members)
-    k_emb, k_in, k_out_ = jax.random.split(key, 3)
-    gen = {"w_in": jax.random.normal(k_in, (in_b, z_dim + c_dim, d), dtype)
-           * jnp.asarray(1.0 / math.sqrt(z_dim + c_dim), dtype),
-           "b_in": jnp.zeros((in_b, d), dtype),
-           "w_out": jax.random.normal(k_out_, (d, k_out), dtype) * jnp.asarray(1.0 / math.sqrt(d), dtype),
-           "b_out": jnp.zeros((k_out,), dtype)}
-    return gen, common.embeddings(k_emb, n, z_dim, dtype)
+    return [(n, z_dim), (first.in_b, z_dim + c_dim, d), (d, math.prod(first.spatial) * first.out_b)]
+
+
+def _group_init(z: Array, w_in: Array, w_out: Array, z_dim: int, c_dim: int, d: int, dtype: Any
+                ) -> tuple[dict[str, Array], Array]:
+    """Unit normal draws -> one block shape's generator (w_in, b_in, w_out, b_out) and its blocks'
+    embeddings f[n_blocks, z_dim]."""
+    gen = {"w_in": w_in * jnp.asarray(1.0 / math.sqrt(z_dim + c_dim), dtype),
+           "b_in": jnp.zeros((w_in.shape[0], d), dtype),
+           "w_out": w_out * jnp.asarray(1.0 / math.sqrt(d), dtype),
+           "b_out": jnp.zeros((w_out.shape[1],), dtype)}
+    return gen, common.unit_rows(z, dtype)
 
 
 def _group_apply(g: dict[str, Array], z: Array, c: Array | None, members: list[_Leaf], z_dim: int,
@@ -216,9 +219,8 @@ def per_layer(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int
         groups.setdefault("x".join(str(n) for n in v.group), []).append(v)
 
     def core_init(key):
-        keys = jax.random.split(key, len(groups))
-        made = {name: _group_init(k, members, z_dim, cond.dim, d, dtype)
-                for k, (name, members) in zip(keys, groups.items())}
+        z = common.normals(key, [s for m in groups.values() for s in _group_shapes(m, z_dim, cond.dim, d)], dtype)
+        made = {name: _group_init(*z[3 * i:3 * i + 3], z_dim, cond.dim, d, dtype) for i, name in enumerate(groups)}
         return {"hyper": {"per_layer": {n: g for n, (g, _) in made.items()}},
                 "embedding": {"layer_emb": {n: z for n, (_, z) in made.items()}}}
 

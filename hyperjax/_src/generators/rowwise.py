@@ -174,17 +174,19 @@ def rowwise(target: TargetSpec, *, where: Any, cond_dim: int | None = None, num_
     sizes = (emb.e_dim + cond.dim, *hidden)
     d_k = sizes[-1]
 
-    def head_init(key, n_out, i):
-        w = jax.random.normal(key, (d_k, n_out), dtype) * jnp.asarray(std[i] / math.sqrt(d_k), dtype)
-        return {"w": w, "b": jnp.full((n_out,), mean[i], dtype)}
+    def head_init(z, n_out, i):
+        return {"w": z * jnp.asarray(std[i] / math.sqrt(d_k), dtype), "b": jnp.full((n_out,), mean[i], dtype)}
 
     def core_init(key):
-        k_trunk, k_head, k_dec, k_emb = jax.random.split(key, 4)
+        k_trunk, k_rest = jax.random.split(key)
+        shapes = [(d_k, n_units)] + ([(d_k, dec[2])] if dec is not None else []) \
+            + ([(emb.d_feat, emb.e_dim)] if emb.learned else [])
+        z = common.normals(k_rest, shapes, dtype)                            # heads and embeddings: one draw
         hyper = {"trunk": common.mlp_init(k_trunk, sizes, dtype) if hidden else [],     # He-normal hidden layers
-                 "head": head_init(k_head, n_units, 0)}
+                 "head": head_init(z[0], n_units, 0)}
         if dec is not None:
-            hyper["decoder_head"] = head_init(k_dec, dec[2], 1)
-        learned = {"feature_emb": jax.random.normal(k_emb, (emb.d_feat, emb.e_dim), dtype)} if emb.learned else {}
+            hyper["decoder_head"] = head_init(z[1], dec[2], 1)
+        learned = {"feature_emb": z[-1]} if emb.learned else {}
         return {"hyper": hyper, "embedding": learned}
 
     def core_apply(hparams, c, *, feature_emb=None):
