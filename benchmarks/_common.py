@@ -98,3 +98,40 @@ def walk_numbers(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
             yield from walk_numbers(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
         yield prefix, float(tree)
+
+
+def enable_compilation_cache(path: str | None) -> None:
+    """JAX's persistent compilation cache in `path`, caching every program (no size or time threshold)."""
+    if not path:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def provenance(label: str | None) -> dict[str, Any]:
+    """Which hyperjax was measured: its folder, the git commit and how many files under hyperjax/ differ."""
+    import subprocess
+
+    import hyperjax
+
+    pkg = os.path.dirname(os.path.abspath(hyperjax.__file__))
+    info: dict[str, Any] = {"label": label, "hyperjax_path": pkg, "git_commit": None,
+                            "hyperjax_modified_files": None}
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=os.path.dirname(pkg), capture_output=True, text=True,
+                                        timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode == 0:
+            info["git_commit"] = head.stdout.strip()
+            info["hyperjax_modified_files"] = len(run("status", "--porcelain", "--", "hyperjax").stdout.splitlines())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info

@@ -243,43 +243,6 @@ def run_reference(target: str, cfg: dict, n: int, key: jax.Array) -> dict[str, A
     return measure(gradients(loss_one, n), stacked, cfg["repeats"], cfg["warmup"])
 
 
-def enable_compilation_cache(path: str | None) -> None:
-    """JAX's persistent compilation cache in `path`, caching every program (no size or time threshold)."""
-    if not path:
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def provenance(label: str | None) -> dict[str, Any]:
-    """Which hyperjax was measured: its folder, the git commit and how many files under hyperjax/ differ."""
-    import subprocess
-
-    import hyperjax
-
-    pkg = os.path.dirname(os.path.abspath(hyperjax.__file__))
-    info: dict[str, Any] = {"label": label, "hyperjax_path": pkg, "git_commit": None,
-                            "hyperjax_modified_files": None}
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=os.path.dirname(pkg), capture_output=True, text=True,
-                                        timeout=10)
-        head = run("rev-parse", "HEAD")
-        if head.returncode == 0:
-            info["git_commit"] = head.stdout.strip()
-            info["hyperjax_modified_files"] = len(run("status", "--porcelain", "--", "hyperjax").stdout.splitlines())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
 def table(cases: dict, refs: dict) -> list[list[Any]]:
     rows = []
     for target, gens in cases.items():
@@ -309,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="enable JAX's persistent compilation cache in DIR")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    enable_compilation_cache(args.compilation_cache)
+    _common.enable_compilation_cache(args.compilation_cache)
     cfg = dict(QUICK if args.quick else FULL)
     if args.repeats is not None:
         cfg["repeats"] = args.repeats
@@ -323,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if g not in GENERATORS:
             raise SystemExit(f"unknown generator {g!r}; choose from {', '.join(GENERATORS)}")
 
-    load_before = load_average()
+    load_before = _common.load_average()
     t_start = time.perf_counter()
     key = jax.random.key(args.seed)
     cases: dict[str, dict[str, Any]] = {}
@@ -347,8 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"config": {**{k: v for k, v in cfg.items() if k in targets or k in ("repeats", "warmup")},
                           "conds": n, "quick": args.quick, "seed": args.seed,
                           "compilation_cache": args.compilation_cache, "generators": gens},
-               "provenance": provenance(args.label),
-               "load_average_before": load_before, "load_average_after": load_average(),
+               "provenance": _common.provenance(args.label),
+               "load_average_before": load_before, "load_average_after": _common.load_average(),
                "wall_s": time.perf_counter() - t_start, "goals": goals,
                "cases": cases, "reference": {t: r for t, r in refs.items()}}
     out_dir, base = os.path.split(os.path.abspath(args.out))

@@ -55,10 +55,9 @@ def child(case: str, cache_dir: str | None) -> dict[str, Any]:
     t_import = time.perf_counter()
     import jax
 
-    if cache_dir:
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from benchmarks import _common    # after jax: it imports jax itself
+
+    _common.enable_compilation_cache(cache_dir)
     counts = {"compile": 0, "hit": 0}
 
     def on_duration(event: str, duration: float, **kw: Any) -> None:
@@ -189,34 +188,6 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
     return cases
 
 
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def provenance(label: str | None) -> dict[str, Any]:
-    """Which hyperjax was measured: its folder, the git commit and how many files under hyperjax/ differ."""
-    import subprocess
-
-    import hyperjax
-
-    pkg = os.path.dirname(os.path.abspath(hyperjax.__file__))
-    info: dict[str, Any] = {"label": label, "hyperjax_path": pkg, "git_commit": None,
-                            "hyperjax_modified_files": None}
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=os.path.dirname(pkg), capture_output=True, text=True,
-                                        timeout=10)
-        head = run("rev-parse", "HEAD")
-        if head.returncode == 0:
-            info["git_commit"] = head.stdout.strip()
-            info["hyperjax_modified_files"] = len(run("status", "--porcelain", "--", "hyperjax").stdout.splitlines())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 repeat per case and cache state (smoke test)")
@@ -248,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cache_root is None:
         tmp = tempfile.TemporaryDirectory(prefix="hyperjax_startup_cache_")
         cache_root = tmp.name
-    load_before = load_average()
+    load_before = _common.load_average()
     t_start = time.perf_counter()
     cold: dict[str, list] = {c: [] for c in cases}
     warm: dict[str, list] = {c: [] for c in cases}
@@ -263,8 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"config": {"target": f"linen MLP {'-'.join(map(str, WIDTHS))}", "batch": BATCH,
                           "optimizer": "adam(1e-3)", "num_conds": NUM_CONDS, "repeats": repeats,
                           "quick": args.quick, "cases": cases, "compilation_cache": args.compilation_cache},
-               "provenance": provenance(args.label),
-               "load_average_before": load_before, "load_average_after": load_average(),
+               "provenance": _common.provenance(args.label),
+               "load_average_before": load_before, "load_average_after": _common.load_average(),
                "wall_s": time.perf_counter() - t_start,
                "goals": {"ratio_to_hand_max": GOAL_RATIO, "init_compilations_max": GOAL_INIT_COMPILATIONS},
                "cases": summarise(cold),
