@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,20 +29,6 @@ import hyperjax as hj
 from experiments import _common, _data
 
 NAME = "quickstart"
-
-
-class MLP(nn.Module):
-    """x: f32[batch, d_in] -> logits f32[batch, classes]; ReLU between Dense layers."""
-
-    features: tuple[int, ...] = (256, 256, 10)
-
-    @nn.compact
-    def __call__(self, x):
-        for i, f in enumerate(self.features):
-            x = nn.Dense(f)(x)
-            if i < len(self.features) - 1:
-                x = nn.relu(x)
-        return x
 
 
 def build_parser():
@@ -75,7 +60,7 @@ def load(mnist: str | None, seed: int):
 
 def build(args, n_in: int):
     """-> (spec of the MLP n_in -> *widths -> 10, chunked hypernet, its initial hparams, direct MLP params)."""
-    spec = hj.targets.from_linen(MLP(features=(*args.widths, 10)), jnp.zeros((1, n_in), jnp.float32))
+    spec = hj.targets.from_linen(hj.testing.MLP(features=(*args.widths, 10)), jnp.zeros((1, n_in), jnp.float32))
     hnet = hj.generators.chunked(spec, cond_dim=args.cond_dim, chunk_size=args.chunk_size,
                                  chunk_emb_dim=args.chunk_emb_dim, hidden=tuple(args.hidden), num_conds=1,
                                  init=args.init)

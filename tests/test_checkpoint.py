@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hyperjax as hj
-from hyperjax._src.paths import leaves_with_paths
+from hyperjax.testing import leaves_with_paths
 
 # The run both processes build: a tied linen autoencoder whose encoder kernel is generated from a task id
 # (dense hypernetwork, partial generation), the rest ordinary params, three Optax groups, input noise from

@@ -10,7 +10,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # file -> why it may import hyperjax._src; an entry whose file no longer does fails, so the list stays exact
 EXCEPTIONS = {
     "tests/test_paths.py": "unit test of paths.nest / unnest / key_name, which have no public form",
-    "tests/test_checkpoint.py": "not yet switched: `leaves_with_paths` is public as hj.testing.leaves_with_paths",
 }
 
 
