@@ -3,7 +3,8 @@
     spec = hj.testing.mlp_spec((5, 7, 3))                      # linen MLP, paths 'Dense_0/kernel', ...
     hj.testing.assert_generates(hj.generators.dense(spec, cond_dim=3, hidden=8), spec, jnp.ones(3))
 
-The linen classes `MLP`, `CNN` and `StackedMLP` are defined on first access (flax is not imported before).
+The linen classes `MLP`, `CNN`, `StackedMLP` and `Transformer` (a small lm1b-style LM: logical partitioning,
+attention kernels, nn.scan layers) are defined on first access (flax is not imported before).
 """
 
 from hyperjax._src import testing as _testing
@@ -11,7 +12,7 @@ from hyperjax._src.testing import (assert_generates, assert_grads_reach, assert_
                                    fn_mlp_spec, leaf_at, leaf_dict, leaves_with_paths, mixed_dtype_spec, mlp_spec,
                                    path_of, ramp, sds, stacked_spec)
 
-__all__ = ["CNN", "MLP", "StackedMLP", "assert_generates", "assert_grads_reach", "assert_tree_like", "cnn_spec",
+__all__ = ["CNN", "MLP", "StackedMLP", "Transformer", "assert_generates", "assert_grads_reach", "assert_tree_like", "cnn_spec",
            "filled", "fn_mlp_spec", "leaf_at", "leaf_dict", "leaves_with_paths", "mixed_dtype_spec", "mlp_spec",
            "path_of", "ramp", "sds", "stacked_spec"]
 

@@ -404,3 +404,18 @@ def array_leaves(tree: Any, what: str, who: str) -> None:
             continue
         raise TypeError(f"hyperjax.{who}: leaf '{_paths.path_str(key_path)}' of `{what}` must be an array, a "
                         f"jax.ShapeDtypeStruct or a number, got {type(leaf).__name__}.")
+
+
+def leaf_axes(path: str, shape: tuple[int, ...] | None, axes: Any, kinds: Sequence[str], who: str) -> None:
+    """A leaf's LeafAxes must name a known kind and split exactly its axes (each once), for a leaf that exists."""
+    if shape is None:
+        raise ValueError(f"{who}: `axes` names '{path}', which is not a leaf of the spec.")
+    one_of(axes.kind, kinds, f"axes['{path}'].kind", "TargetSpec")
+    order = axes.order
+    if sorted(order) != list(range(len(shape))):
+        raise ValueError(f"{who}: axes of leaf '{path}' (shape {shape}) must split its {len(shape)} axes into "
+                         f"stack {axes.stack}, receptive {axes.receptive}, inputs {axes.inputs} and outputs "
+                         f"{axes.outputs}, each axis once.")
+    if axes.names is not None and len(axes.names) != len(shape):
+        raise ValueError(f"{who}: leaf '{path}' (shape {shape}) has {len(axes.names)} logical axis names "
+                         f"{axes.names}; expected one per axis.")

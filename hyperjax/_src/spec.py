@@ -14,7 +14,7 @@ import functools
 import math
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,54 @@ from hyperjax._src import paths as _paths
 from hyperjax._src.types import Array, Params, PRNGKey
 
 LAYOUTS = ("in_out", "out_in")
+KINDS = ("kernel", "embedding", "bias", "scale", "vector")
 _SCALE_NAMES = ("scale", "gamma")
+
+
+class LeafAxes(NamedTuple):
+    """What each axis of a leaf is: the layer's input and output axes, conv spatial axes, stacked layers.
+
+    Axis indices are into the leaf's shape; together they are a permutation of `range(ndim)`.
+    kind: "kernel" (a weight read as in -> out), "embedding" (a lookup table: rows in, features out),
+      "bias", "scale" (a norm's multiplicative vector: mean 1 at init) or "vector" (anything else 1-D-like).
+    stack: leading axes that index stacked layers (`nn.scan`, `nnx.scan`, a DenseGeneral's batch_dims): they
+      are in neither fan and every 2-D view has one matrix per stack index.
+    inputs / outputs: contracted / produced axes (DenseGeneral's (d, heads, head_dim) query kernel: inputs (0,),
+      outputs (1, 2); its (heads, head_dim, d) out kernel: inputs (0, 1), outputs (2,)).
+    receptive: conv spatial axes; they count in both fans and belong to the 2-D view's input side.
+    names: logical axis names (`nn.with_logical_partitioning`) per axis, or None.
+    """
+
+    kind: str
+    stack: tuple[int, ...] = ()
+    inputs: tuple[int, ...] = ()
+    outputs: tuple[int, ...] = ()
+    receptive: tuple[int, ...] = ()
+    names: tuple[str | None, ...] | None = None
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        """The axes in view order: stack, receptive, inputs, outputs."""
+        return (*self.stack, *self.receptive, *self.inputs, *self.outputs)
+
+
+def heuristic_axes(shape: Sequence[int], layout: str, name: str = "", stack: int = 0) -> LeafAxes:
+    """Axes read from the shape alone (what a spec without layer information assumes).
+
+    The first `stack` axes are stacked layers; of the rest, rank >= 2 is a kernel ((*spatial, in, out) for
+    layout "in_out", (out, in, *spatial) for "out_in"), rank <= 1 a vector ("scale" for names scale / gamma).
+    """
+    nd = len(shape)
+    st = tuple(range(min(stack, nd)))
+    k = nd - len(st)
+    if k >= 2:
+        if layout == "in_out":
+            return LeafAxes("kernel", st, (nd - 2,), (nd - 1,), tuple(range(len(st), nd - 2)))
+        b = len(st)
+        return LeafAxes("kernel", st, (b + 1,), (b,), tuple(range(b + 2, nd)))
+    low = name.lower()
+    kind = "scale" if (low in _SCALE_NAMES or (low == "weight" and layout == "out_in")) else "vector"
+    return LeafAxes(kind, st, (), tuple(range(len(st), nd)))
 
 
 def abstract(tree: Any) -> Any:
@@ -99,6 +146,8 @@ class TargetSpec:
     abstract_state: Any = None
     init_state_fn: Callable[[PRNGKey], Any] | None = None
     params: Any = None
+    axes: Mapping[str, LeafAxes] | None = None
+    rebox_fn: Callable[[Params], Any] | None = None
 
     def __post_init__(self) -> None:   # validation only: every field is final as given
         who = "hyperjax.TargetSpec"
@@ -119,6 +168,10 @@ class TargetSpec:
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 raise ValueError(f"{who}: leaf '{path}' has dtype {leaf.dtype}; only floating "
                                  f"point parameters can be generated or trained.")
+        for path, ax in (self.axes or {}).items():
+            checks.leaf_axes(path, tuple(self.leaves[path].shape) if path in self.leaves else None, ax, KINDS, who)
+        if self.rebox_fn is not None and not callable(self.rebox_fn):
+            raise TypeError(f"{who}: `rebox_fn` must be callable or None, got {type(self.rebox_fn).__name__}.")
         if self.params is not None:
             adapter = "fn" if self.framework == "function" else self.framework
             check_params(self, self.params, f"targets.from_{adapter}: `params` (the base weights)")
@@ -274,34 +327,57 @@ class TargetSpec:
         dtype, unravel = _unravel_for([self.leaves[p] for p in chosen])
         return dict(zip(chosen, unravel(jnp.asarray(flat).astype(dtype))))
 
-    # ---------------------------------------------------------------- initialisation statistics
+    # ---------------------------------------------------------------- layer axes and statistics
+    def leaf_axes(self, path: str) -> LeafAxes:
+        """What each axis of leaf `path` is (see `LeafAxes`): the adapter's reading, else `heuristic_axes`.
+
+        Raises:
+          KeyError: `path` is not a leaf of the spec.
+        """
+        leaf = self.leaves[path]
+        if self.axes is not None and path in self.axes:
+            return self.axes[path]
+        return heuristic_axes(tuple(leaf.shape), self.layout, path.rsplit("/", 1)[-1])
+
+    def logical_names(self) -> dict[str, tuple[str | None, ...]]:
+        """{path: logical axis names} of the leaves that carry them (`nn.with_logical_partitioning`)."""
+        return {p: a.names for p in self.leaves if (a := self.leaf_axes(p)).names is not None}
+
+    def rebox(self, params: Params) -> Any:
+        """params (the spec's tree) -> the tree the framework's own apply and checkpoints expect: for a linen
+        model with `nn.with_logical_partitioning`, the `nn.Partitioned` boxes with their names put back.
+        Identity for every other target."""
+        check_params(self, params, "TargetSpec.rebox")
+        return params if self.rebox_fn is None else self.rebox_fn(params)
+
     def fans(self, path: str) -> tuple[int, int]:
-        """(fan_in, fan_out) of a leaf; a bias takes the fans of the kernel beside it. Each fan is at least 1,
-        so zero-size leaves (legal pytree leaves with nothing to initialise) get finite init statistics.
+        """(fan_in, fan_out) of a leaf from its layer axes (`leaf_axes`): inputs (outputs) times the conv
+        spatial axes, stacked-layer axes excluded; a bias takes the fans of the kernel beside it. Each fan is
+        at least 1, so zero-size leaves (legal pytree leaves with nothing to initialise) get finite statistics.
 
         Raises:
           KeyError: `path` is not a leaf of the spec.
         """
         shape = tuple(self.leaves[path].shape)
-        if len(shape) >= 2:
-            if self.layout == "in_out":
-                rf = math.prod(shape[:-2])
-                return max(shape[-2] * rf, 1), max(shape[-1] * rf, 1)
-            rf = math.prod(shape[2:])
-            return max(shape[1] * rf, 1), max(shape[0] * rf, 1)
+        ax = self.leaf_axes(path)
+        if ax.kind in ("kernel", "embedding"):
+            rf = math.prod(shape[a] for a in ax.receptive)
+            return (max(rf * math.prod(shape[a] for a in ax.inputs), 1),
+                    max(rf * math.prod(shape[a] for a in ax.outputs), 1))
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        for other, leaf in self.leaves.items():
-            if other != path and len(leaf.shape) >= 2 and (other.rsplit("/", 1)[0] if "/" in other else "") == parent:
+        for other in self.leaves:
+            if (other != path and (other.rsplit("/", 1)[0] if "/" in other else "") == parent
+                    and self.leaf_axes(other).kind == "kernel"):
                 return self.fans(other)
-        n = max(shape[0], 1) if shape else 1
+        n = max(math.prod(shape[a] for a in ax.outputs), 1)
         return n, n
 
     def init_moments(self, path: str, mode: str = "fan_in") -> tuple[float, float]:
         """(mean, variance) a standard initialiser gives this leaf; generators match it at init.
 
-        Kernels (rank >= 2): mean 0, variance 1/fan_in ("fan_in", LeCun) or 1/fan_out ("fan_out").
-        Biases and other vectors: mean 0 (1 for norm scales), variance 1/(3 fan_in), the variance of
-        PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias.
+        Kernels: mean 0, variance 1/fan_in ("fan_in", LeCun) or 1/fan_out ("fan_out"). Embeddings: variance
+        1/features (Flax's `nn.Embed` default). Biases and other vectors: mean 0 (1 for norm scales), variance
+        1/(3 fan_in), the variance of PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias.
 
         Raises:
           ValueError: unknown `mode`.
@@ -309,12 +385,12 @@ class TargetSpec:
         """
         checks.one_of(mode, ("fan_in", "fan_out"), "mode", "TargetSpec.init_moments")
         fan_in, fan_out = self.fans(path)
-        leaf = self.leaves[path]
-        if len(leaf.shape) >= 2:
+        ax = self.leaf_axes(path)
+        if ax.kind == "kernel":
             return 0.0, 1.0 / (fan_in if mode == "fan_in" else fan_out)
-        name = path.rsplit("/", 1)[-1].lower()
-        mean = 1.0 if (name in _SCALE_NAMES or (name == "weight" and self.layout == "out_in")) else 0.0
-        return mean, 1.0 / (3.0 * fan_in)
+        if ax.kind == "embedding":
+            return 0.0, 1.0 / fan_out
+        return (1.0 if ax.kind == "scale" else 0.0), 1.0 / (3.0 * fan_in)
 
     def __repr__(self) -> str:
         body = ", ".join(f"{p}: {tuple(l.shape)} {l.dtype.name}" for p, l in list(self.leaves.items())[:8])
@@ -371,12 +447,15 @@ def leaves_and_treedef(abstract_params: Any, who: str = "TargetSpec"
 def spec_from_params(apply_fn: Callable[..., Any] | None, example_params: Any, *,
                      init_fn: Callable[[PRNGKey], Params] | None = None, layout: str = "in_out",
                      framework: str = "function", abstract_state: Any = None,
-                     init_state_fn: Callable[[PRNGKey], Any] | None = None, params: Any = None) -> TargetSpec:
+                     init_state_fn: Callable[[PRNGKey], Any] | None = None, params: Any = None,
+                     axes: Mapping[str, LeafAxes] | None = None,
+                     rebox_fn: Callable[[Params], Any] | None = None) -> TargetSpec:
     """The one way a TargetSpec is built: from `apply_fn(params, *args)` and example params (arrays or
     ShapeDtypeStructs, only their shapes and dtypes are kept).
 
     Without `init_fn`, `init(key)` draws LeCun-normal kernels and PyTorch-style uniform vectors
     using `TargetSpec.init_moments`. `params`: base weights kept as `spec.params` (checked against the tree).
+    `axes`: {path: LeafAxes} for leaves whose axes the shape alone does not tell; `rebox_fn`: see TargetSpec.
 
     Raises:
       TypeError: apply_fn / init_fn not callable.
@@ -386,7 +465,8 @@ def spec_from_params(apply_fn: Callable[..., Any] | None, example_params: Any, *
     leaves, treedef = leaves_and_treedef(example_params)
     return TargetSpec(apply_fn=apply_fn, leaves=leaves, treedef=treedef, init_fn=init_fn, layout=layout,
                       framework=framework, abstract_state=None if abstract_state is None else _abstract(abstract_state),
-                      init_state_fn=init_state_fn, params=params)
+                      init_state_fn=init_state_fn, params=params,
+                      axes=None if axes is None else types.MappingProxyType(dict(axes)), rebox_fn=rebox_fn)
 
 
 def _moment_init(spec: TargetSpec, key: PRNGKey) -> Params:
@@ -395,9 +475,65 @@ def _moment_init(spec: TargetSpec, key: PRNGKey) -> Params:
     out = {}
     for k, (p, s) in zip(keys, spec.leaves.items()):
         mean, var = spec.init_moments(p)
-        if len(s.shape) >= 2:
+        if spec.leaf_axes(p).kind in ("kernel", "embedding"):
             out[p] = (jax.random.normal(k, s.shape, jnp.float32) * np.sqrt(var)).astype(s.dtype)
         else:
             lim = np.sqrt(3.0 * var)
             out[p] = (mean + jax.random.uniform(k, s.shape, jnp.float32, -lim, lim)).astype(s.dtype)
     return spec.from_leaves(out)
+
+
+# ---------------------------------------------------------------- the 2-D view of a kernel
+def matrix_shape(target: TargetSpec, path: str) -> tuple[tuple[int, ...], int, int]:
+    """(stack shape, n_in, n_out) of a kernel's 2-D view: one (n_in, n_out) matrix per stacked layer, n_in
+    the conv spatial axes times the input axes (Flax's flattening order), n_out the output axes.
+
+    Raises:
+      KeyError: `path` is not a leaf; ValueError: the leaf is not a kernel or embedding.
+    """
+    shape = tuple(target.leaves[path].shape)
+    ax = target.leaf_axes(path)
+    if ax.kind not in ("kernel", "embedding"):
+        raise ValueError(f"hyperjax.targets.matrix_shape: leaf '{path}' (shape {shape}) is a {ax.kind}, not a "
+                         f"kernel; only kernels have a 2-D (in, out) view.")
+    size = lambda axs: math.prod(shape[a] for a in axs)
+    return tuple(shape[a] for a in ax.stack), size(ax.receptive) * size(ax.inputs), size(ax.outputs)
+
+
+def as_matrix(target: TargetSpec, path: str, leaf: Array) -> Array:
+    """A kernel leaf (the spec's shape) -> f[*stack, n_in, n_out], its 2-D view (`matrix_shape`).
+
+    For Dense (in, out) the identity; DenseGeneral (d, heads, head_dim) -> (d, heads * head_dim);
+    (heads, head_dim, d) -> (heads * head_dim, d); conv (kh, kw, c_in, c_out) -> (kh * kw * c_in, c_out);
+    Equinox (out, in) -> (in, out); an nn.scan stack (L, ...) -> (L, n_in, n_out).
+
+    Raises:
+      ValueError: the leaf is not a kernel, or `leaf` does not have the spec's shape.
+    """
+    stack, n_in, n_out = matrix_shape(target, path)
+    want = tuple(target.leaves[path].shape)
+    if tuple(jnp.shape(leaf)) != want:
+        raise ValueError(f"hyperjax.targets.as_matrix: leaf '{path}' must have shape {want}, got "
+                         f"{tuple(jnp.shape(leaf))}.")
+    return jnp.transpose(leaf, target.leaf_axes(path).order).reshape(*stack, n_in, n_out)
+
+
+def from_matrix(target: TargetSpec, path: str, matrix: Array) -> Array:
+    """The inverse of `as_matrix`: f[*stack, n_in, n_out] -> the leaf in the spec's shape and axis order
+    (extra leading axes, e.g. a batch of per-example matrices, are kept in front).
+
+    Raises:
+      ValueError: the leaf is not a kernel, or `matrix` does not end in the view's shape.
+    """
+    stack, n_in, n_out = matrix_shape(target, path)
+    view = (*stack, n_in, n_out)
+    got = tuple(jnp.shape(matrix))
+    if got[len(got) - len(view):] != view:
+        raise ValueError(f"hyperjax.targets.from_matrix: leaf '{path}' has the 2-D view {view}; got a matrix "
+                         f"of shape {got}.")
+    shape = tuple(target.leaves[path].shape)
+    order = target.leaf_axes(path).order
+    lead = got[:len(got) - len(view)]
+    x = jnp.reshape(matrix, (*lead, *(shape[a] for a in order)))
+    inverse = np.argsort(order)
+    return jnp.transpose(x, (*range(len(lead)), *(len(lead) + int(i) for i in inverse)))

@@ -23,7 +23,7 @@ from hyperjax._src import paths as _paths
 from hyperjax._src.types import Array, HyperNetwork, PRNGKey
 from hyperjax.targets import TargetSpec
 
-LINEN_MODULES = ("MLP", "CNN", "StackedMLP")
+LINEN_MODULES = ("MLP", "CNN", "StackedMLP", "Transformer")
 AllowZero = str | Sequence[str] | Callable[[str, Any], bool]
 
 
@@ -185,7 +185,62 @@ def _linen_modules() -> dict[str, type]:
             h, _ = scan(self.width)(h, None)
             return nn.Dense(self.d_out)(h)
 
-    classes = {"MLP": MLP, "CNN": CNN, "StackedMLP": StackedMLP}
+    def logical(init, names):
+        return nn.with_logical_partitioning(init, names)
+
+    class DecoderBlock(nn.Module):
+        """Pre-norm causal self-attention + ReLU MLP, every param boxed with logical axis names (Flax lm1b style)."""
+
+        width: int
+        heads: int
+        mlp: int
+
+        @nn.compact
+        def __call__(self, x, _):
+            def norm():
+                return nn.LayerNorm(scale_init=logical(nn.initializers.ones, ("embed",)),
+                                    bias_init=logical(nn.initializers.zeros, ("embed",)))
+            kernel = nn.initializers.lecun_normal()
+            mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
+            h = nn.SelfAttention(num_heads=self.heads, kernel_init=logical(kernel, ("embed", "kv")),
+                                 bias_init=logical(nn.initializers.zeros, ("embed",)), deterministic=True,
+                                 name="attention")(norm()(x), mask)
+            x = x + h
+            h = nn.Dense(self.mlp, kernel_init=logical(kernel, ("embed", "mlp")),
+                         bias_init=logical(nn.initializers.zeros, ("mlp",)), name="mlp_in")(norm()(x))
+            h = nn.Dense(self.width, kernel_init=logical(kernel, ("mlp", "embed")),
+                         bias_init=logical(nn.initializers.zeros, ("embed",)), name="mlp_out")(nn.relu(h))
+            return x + h, None
+
+    class Transformer(nn.Module):
+        """Decoder-only LM tokens i32[batch, len] -> logits f[batch, len, vocab], written as Flax's lm1b example
+        writes its model: `nn.with_logical_partitioning` on every param, `nn.SelfAttention` (DenseGeneral
+        kernels (width, heads, head_dim) and (heads, head_dim, width)) and the layers in one `nn.scan`
+        (params 'layers/...' with a leading f[layers] axis, partition name "layers")."""
+
+        vocab: int = 16
+        width: int = 32
+        heads: int = 4
+        mlp: int = 64
+        layers: int = 2
+        max_len: int = 32
+
+        @nn.compact
+        def __call__(self, tokens):
+            x = nn.Embed(self.vocab, self.width, name="embed",
+                         embedding_init=logical(nn.initializers.normal(1.0), ("vocab", "embed")))(tokens)
+            pos = self.param("pos_embedding", logical(nn.initializers.normal(0.02), (None, "embed")),
+                             (self.max_len, self.width))
+            x = x + pos[None, :tokens.shape[1]]
+            scan = nn.scan(DecoderBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                           length=self.layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = scan(self.width, self.heads, self.mlp, name="layers")(x, None)
+            x = nn.LayerNorm(scale_init=logical(nn.initializers.ones, ("embed",)),
+                             bias_init=logical(nn.initializers.zeros, ("embed",)), name="final_norm")(x)
+            return nn.Dense(self.vocab, kernel_init=logical(nn.initializers.lecun_normal(), ("embed", "vocab")),
+                            bias_init=logical(nn.initializers.zeros, ("vocab",)), name="logits")(x)
+
+    classes = {"MLP": MLP, "CNN": CNN, "StackedMLP": StackedMLP, "Transformer": Transformer}
     for name, cls in classes.items():
         cls.__module__, cls.__qualname__ = "hyperjax.testing", name
     return classes

@@ -56,7 +56,12 @@ def normals(key: PRNGKey, shapes: Sequence[tuple[int, ...]], dtype: Any) -> list
     """
     sizes = [math.prod(s) for s in shapes]
     flat = jax.random.normal(key, (sum(sizes),), dtype)
-    return [p.reshape(s) for p, s in zip(jnp.split(flat, np.cumsum(sizes)[:-1].tolist()), shapes)]
+    return [p.reshape(s) for p, s in zip(split_sizes(flat, sizes), shapes)]
+
+
+def split_sizes(flat: Array, sizes: Sequence[int]) -> list[Array]:
+    """f[n] -> consecutive pieces of `sizes` (and the tail beyond their sum, if any), with one `jnp.split`."""
+    return jnp.split(flat, np.cumsum(sizes)[:-1 if sum(sizes) == flat.shape[0] else None].tolist())
 
 
 # ---------------------------------------------------------------- MLP
@@ -124,7 +129,7 @@ def split_leaves(target: TargetSpec, paths: Sequence[str], flat: Array,
     4 KB stride per element (65 of 85 ms of an 8-cond gradient, 1.8x the bytes of a Python loop). The
     transpose of one split is one concatenate.
     """
-    parts = jnp.split(flat, np.cumsum([math.prod(target.leaves[p].shape) for p in paths]).tolist())
+    parts = split_sizes(flat, [math.prod(target.leaves[p].shape) for p in paths])
     out = {}
     for i, p in enumerate(paths):          # parts[-1] is the dropped tail
         s = target.leaves[p]
@@ -297,7 +302,7 @@ def hparams_checker(init: Callable[[PRNGKey], HParams], who: str) -> Callable[[H
             raise TypeError(f"hyperjax.{who}: hparams must be the dict returned by this generator's init(key), "
                             f"got {type(hparams).__name__}.")
         if not expected:
-            abstract = jax.eval_shape(init, jax.random.key(0))
+            abstract = jax.eval_shape(lambda: init(jax.random.key(0)))   # no key op left in the caller's trace
             expected.append((dict(_paths.leaves_with_paths(abstract)), jax.tree_util.tree_structure(abstract)))
         leaves, treedef = expected[0]
         checks.tree_matches(hparams, leaves, treedef, who, what="hparams",

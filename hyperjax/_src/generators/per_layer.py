@@ -17,6 +17,7 @@ does not grow with the number of generated layers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -26,9 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperjax._src import checks
-from hyperjax._src import paths as _paths
 from hyperjax._src.generators import common
-from hyperjax._src.spec import spec_from_params, TargetSpec
+from hyperjax._src.spec import heuristic_axes, LeafAxes, TargetSpec
 from hyperjax._src.types import Array, HyperNetwork, PRNGKey
 
 WHO = "generators.per_layer"
@@ -36,66 +36,72 @@ KERNELS = ("auto", "conv", "dense")
 
 
 class _Leaf:
-    """How one generated leaf is cut into blocks: f[*stack, n_in_tiles, n_out_tiles, in_b, *spatial, out_b]."""
+    """How one generated leaf is cut into blocks: f[*stack, n_in_tiles, n_out_tiles, in_b, *spatial, out_b].
 
-    def __init__(self, path: str, shape: tuple[int, ...], stack: tuple[int, ...], spatial: tuple[int, ...],
-                 n_in: int, n_out: int, in_b: int, out_b: int, layout: str):
-        self.path, self.shape, self.stack, self.spatial = path, shape, stack, spatial
+    Blocks are assembled in the view order (*stack, *spatial, N_in, N_out) of the leaf's axes (`LeafAxes`), then
+    put back into the leaf's own axis order.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], axes: LeafAxes, in_b: int, out_b: int):
+        self.path, self.shape, self.axes = path, shape, axes
+        self.stack = tuple(shape[a] for a in axes.stack)
+        self.spatial = tuple(shape[a] for a in axes.receptive)
+        self.vector = axes.kind not in ("kernel", "embedding")      # a bias: one input slice (N_in = 1)
+        n_in = 1 if self.vector else math.prod(shape[a] for a in axes.inputs)
+        n_out = math.prod(shape[a] for a in axes.outputs)
+        self.n_in, self.n_out = n_in, n_out
         self.n_it, self.n_ot, self.in_b, self.out_b = n_in // in_b, n_out // out_b, in_b, out_b
-        self.vector = len(shape) - len(stack) == 1           # a bias: one input slice (N_in = 1)
-        self.layout = layout
-        self.n_blocks = math.prod(stack) * self.n_it * self.n_ot
+        self.n_blocks = math.prod(self.stack) * self.n_it * self.n_ot
 
     @property
     def group(self) -> tuple[int, ...]:
         return (*self.spatial, self.in_b, self.out_b)
 
     def assemble(self, blocks: Array) -> Array:
-        """blocks f[n_blocks, in_b, prod(spatial) * out_b] -> the leaf, in the target's layout."""
+        """blocks f[n_blocks, in_b, prod(spatial) * out_b] -> the leaf, in its own axis order."""
         s, k = len(self.stack), len(self.spatial)
         g = blocks.reshape(*self.stack, self.n_it, self.n_ot, self.in_b, *self.spatial, self.out_b)
         stack_ax = tuple(range(s))
         it, ot, ib, ob = s, s + 1, s + 2, s + 3 + k
         sp = tuple(range(s + 3, s + 3 + k))
-        if self.vector:
-            order = (*stack_ax, it, ib, ot, ob)
-        elif self.layout == "in_out":                        # (*spatial, in, out)
-            order = (*stack_ax, *sp, it, ib, ot, ob)
-        else:                                                # (out, in, *spatial)
-            order = (*stack_ax, ot, ob, it, ib, *sp)
-        return jnp.transpose(g, order).reshape(self.shape)
+        order = (*stack_ax, it, ib, ot, ob) if self.vector else (*stack_ax, *sp, it, ib, ot, ob)
+        ax = self.axes
+        in_shape = () if self.vector else tuple(self.shape[a] for a in ax.inputs)
+        view = jnp.transpose(g, order).reshape(*self.stack, *self.spatial, *in_shape,
+                                               *(self.shape[a] for a in ax.outputs))
+        return jnp.transpose(view, tuple(int(i) for i in np.argsort(ax.order)))
 
 
-def _view(target: TargetSpec, path: str, stack_axes: int, mode: str, block: tuple[int, int] | None) -> _Leaf:
-    """Split a leaf's shape into (stack, spatial, N_in, N_out) and check it fits `mode` and `block`."""
+def _axes(target: TargetSpec, stack_axes: int | None) -> TargetSpec:
+    """The target with every leaf's stacked axes as `stack_axes` says (None: as the adapter read them)."""
+    if stack_axes is None:
+        return target
+    axes = {}
+    for p, leaf in target.leaves.items():
+        ax = target.leaf_axes(p)
+        if ax.stack != tuple(range(stack_axes)) and len(leaf.shape) > stack_axes:
+            ax = heuristic_axes(tuple(leaf.shape), target.layout, p.rsplit("/", 1)[-1], stack=stack_axes)
+        axes[p] = ax
+    return dataclasses.replace(target, axes=axes)
+
+
+def _view(target: TargetSpec, path: str, stack_axes: int | None, mode: str, block: tuple[int, int] | None
+          ) -> _Leaf:
+    """Split a leaf into (stack, spatial, N_in, N_out) by its axes and check it fits `mode` and `block`."""
     shape = tuple(target.leaves[path].shape)
-    checks.stacked_leaf(path, shape, stack_axes, WHO)
-    stack, kernel = shape[:stack_axes], shape[stack_axes:]
-    checks.kernel_ndim(path, shape, len(kernel), stack_axes, mode, WHO)
-    if len(kernel) == 1:
-        spatial, n_in, n_out = (), 1, kernel[0]
-    elif target.layout == "in_out":
-        spatial, n_in, n_out = kernel[:-2], kernel[-2], kernel[-1]
-    else:
-        spatial, n_in, n_out = kernel[2:], kernel[1], kernel[0]
+    if stack_axes is not None:
+        checks.stacked_leaf(path, shape, stack_axes, WHO)
+    ax = target.leaf_axes(path)
+    vector = ax.kind not in ("kernel", "embedding")
+    checks.kernel_ndim(path, shape, 1 if vector else 2 + len(ax.receptive), len(ax.stack), mode, WHO)
+    leaf = _Leaf(path, shape, ax, 1, 1)
     if block is None:
-        in_b, out_b = n_in, n_out
+        in_b, out_b = leaf.n_in, leaf.n_out
     else:
-        in_b, out_b = (1 if len(kernel) == 1 else block[0]), block[1]
-        checks.block_multiple(path, shape, "input channels N_in", n_in, "block[0]", in_b, WHO)
-        checks.block_multiple(path, shape, "output channels N_out", n_out, "block[1]", out_b, WHO)
-    return _Leaf(path, shape, stack, spatial, n_in, n_out, in_b, out_b, target.layout)
-
-
-def _unstacked_moments(target: TargetSpec, paths: tuple[str, ...], stack_axes: int, init: str
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-leaf (mean, std) of a hyperfan init computed on the leaves without their stacked axes."""
-    if stack_axes == 0:
-        return common.leaf_moments(target, paths, init, WHO)
-    one = {p: jax.ShapeDtypeStruct(tuple(l.shape)[stack_axes:], l.dtype) for p, l in target.leaves.items()
-           if len(l.shape) > stack_axes}
-    layer = spec_from_params(lambda params, *a: None, _paths.nest(one), layout=target.layout)
-    return common.leaf_moments(layer, paths, init, WHO)
+        in_b, out_b = (1 if vector else block[0]), block[1]
+        checks.block_multiple(path, shape, "input channels N_in", leaf.n_in, "block[0]", in_b, WHO)
+        checks.block_multiple(path, shape, "output channels N_out", leaf.n_out, "block[1]", out_b, WHO)
+    return _Leaf(path, shape, ax, in_b, out_b)
 
 
 def _group_shapes(members: list[_Leaf], z_dim: int, c_dim: int, d: int) -> list[tuple[int, ...]]:
@@ -140,14 +146,14 @@ def _group_apply(g: dict[str, Array], z: Array, c: Array | None, members: list[_
 
 
 def _checked_options(z_dim: Any, d: Any, kernels: Any, stack_axes: Any, block: Any
-                     ) -> tuple[int, int, str, int, tuple[int, int] | None]:
+                     ) -> tuple[int, int, str, int | None, tuple[int, int] | None]:
     z_dim = checks.positive_int(z_dim, "z_dim", WHO)
     d = checks.positive_int(d, "d", WHO)
     kernels = checks.one_of(kernels, KERNELS, "kernels", WHO)
-    if isinstance(stack_axes, bool) or not isinstance(stack_axes, (int, np.integer)):
-        raise TypeError(f"hyperjax.{WHO}: `stack_axes` must be an int >= 0 (leading axes that index stacked "
-                        f"layers), got {type(stack_axes).__name__}.")
-    if stack_axes < 0:
+    if stack_axes is not None and (isinstance(stack_axes, bool) or not isinstance(stack_axes, (int, np.integer))):
+        raise TypeError(f"hyperjax.{WHO}: `stack_axes` must be None (read from the target) or an int >= 0 (leading "
+                        f"axes that index stacked layers), got {type(stack_axes).__name__}.")
+    if stack_axes is not None and stack_axes < 0:
         raise ValueError(f"hyperjax.{WHO}: `stack_axes` must be an int >= 0 (leading axes that index stacked "
                          f"layers), got {stack_axes!r}.")
     if block is not None:
@@ -155,11 +161,11 @@ def _checked_options(z_dim: Any, d: Any, kernels: Any, stack_axes: Any, block: A
         if len(block) != 2:
             raise ValueError(f"hyperjax.{WHO}: `block` must be a pair (in_block, out_block) of positive ints, "
                              f"or None for one embedding per layer; got {block!r}.")
-    return z_dim, d, kernels, int(stack_axes), block
+    return z_dim, d, kernels, None if stack_axes is None else int(stack_axes), block
 
 
 def per_layer(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int | None = None, where: Any = None,
-              z_dim: int = 4, d: int = 4, block: tuple[int, int] | None = None, stack_axes: int = 0,
+              z_dim: int = 4, d: int = 4, block: tuple[int, int] | None = None, stack_axes: int | None = None,
               kernels: str = "auto", init: str = "hyperfan_in",
               activation: Callable[[Array], Array] | None = None, dtype: Any = jnp.float32) -> HyperNetwork:
     """Ha et al.'s static hypernetwork: kernel (block) j = G(z_j) from a learned layer embedding z_j: f[z_dim].
@@ -172,17 +178,20 @@ def per_layer(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int
         gives per-example kernels.
       num_conds: with cond_dim, `cond` is an integer id in [0, num_conds) (hparams["embedding"]["cond_emb"]).
       where: glob(s) or `(path, leaf) -> bool` choosing the generated leaves, e.g. "Conv_1/kernel"; None: all.
-        Kernels are read as (*spatial, N_in, N_out) for in_out targets (Flax HWIO, Haiku) and
-        (N_out, N_in, *spatial) for out_in targets (Equinox, PyTorch); a 1-D leaf (a bias) is one input
-        slice (N_in = 1) of N_out values.
+        Kernels are read by their axes (`target.leaf_axes`): N_in the input axes, N_out the output axes,
+        conv spatial axes apart (Flax HWIO, Haiku (*spatial, N_in, N_out); Equinox, PyTorch (N_out, N_in,
+        *spatial); DenseGeneral attention kernels (d, heads, head_dim): N_in = d, N_out = heads * head_dim);
+        a bias is one input slice (N_in = 1) of N_out values.
       z_dim: N_z (the paper's name), the size of each layer (block) embedding, ~ N(0, 1).
       d: the paper's d, width of the per-slice code a_i (stage 1 output, stage 2 input).
       block: None: one embedding per layer. (in_block, out_block): tile every selected kernel into blocks of
         in_block x out_block channels (full spatial size), each with its own embedding; N_in and N_out of
         every selected leaf must be multiples (biases use (1, out_block)).
-      stack_axes: number of leading axes of each selected leaf that index stacked layers (1 for params made
-        by flax.linen.scan / nn.vmap or vmapped Equinox layers, shape (L, ...)): each index is one layer
-        with its own embedding. Fans for the init ignore these axes.
+      stack_axes: None (default): each leaf's stacked-layer axes as the target's adapter read them
+        (`target.leaf_axes(path).stack`: the leading axis of params made by `nn.scan` / `nnx.vmap`, found by
+        from_linen / from_nnx; none for from_fn, Equinox and Haiku specs). An int overrides it for every
+        selected leaf: that many leading axes index stacked layers (1 for vmapped Equinox layers, shape
+        (L, ...)). Each stack index is one layer with its own embedding; fans for the init ignore these axes.
       kernels: "auto" (any kernel of rank >= 2, and 1-D biases), "conv" (4-D kernels only) or "dense" (2-D
         only): a guard that raises naming the first leaf of another rank.
       init: "hyperfan_in" / "hyperfan_out": at init each generated leaf has mean 0 (1 for norm scales) and
@@ -209,10 +218,11 @@ def per_layer(target: TargetSpec, *, cond_dim: int | None = None, num_conds: int
     z_dim, d, kernels, stack_axes, block = _checked_options(z_dim, d, kernels, stack_axes, block)
     cond = common.conditioning(cond_dim, num_conds, WHO, static=common.NoCond())
 
-    views = [_view(target, p, stack_axes, kernels, block) for p in paths]
+    viewed = _axes(target, stack_axes)
+    views = [_view(viewed, p, stack_axes, kernels, block) for p in paths]
     if stack_axes:
         checks.same_stack({v.path: v.stack for v in views}, stack_axes, WHO)
-    mean, std = _unstacked_moments(target, paths, stack_axes, init)
+    mean, std = common.leaf_moments(viewed, paths, init, WHO)
     affine = {p: (float(m), float(s)) for p, m, s in zip(paths, mean, std)}
     groups: dict[str, list[_Leaf]] = {}
     for v in views:

@@ -8,14 +8,18 @@ from typing import Any
 import jax
 
 from hyperjax._src import checks
+from hyperjax._src import paths as _paths
 from hyperjax._src.spec import spec_from_params, TargetSpec
+from hyperjax._src.targets.layers import nnx_layer_axes
 
 
 def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> TargetSpec:
     """TargetSpec of a `flax.nnx.Module`; params are its `nnx.Param` variables as a pure nested dict.
 
     The graph is split once; `apply(params, *args)` merges it again, so the module stays untouched.
-    Paths look like 'linear1/kernel' or 'layers/0/kernel'. Non-parameter state other than RNG streams
+    Paths look like 'linear1/kernel' or 'layers/0/kernel'. Each leaf's axes (`spec.leaf_axes`) come from its
+    layer (Linear, LinearGeneral attention kernels, Conv, Embed, norms; params stacked by `nnx.vmap`/`nnx.scan`
+    have their leading layer axis marked), as for linen. Non-parameter state other than RNG streams
     (e.g. `nnx.BatchStat`) raises. RNG streams stored in the module (e.g. `nnx.Dropout(rngs=...)`) are
     frozen at their build-time value, so apply is pure and every call draws the same keys; pass fresh ones
     per call, e.g. `spec.apply(params, x, rngs=nnx.Rngs(key))` when the module forwards `rngs`, or call
@@ -60,8 +64,9 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
         def init_fn(key):
             return nnx.split(factory(nnx.Rngs(key)), nnx.Param, ...)[1].to_pure_dict()
 
+    shapes = {p: tuple(x.shape) for p, x in _paths.leaves_with_paths(template)}
     return spec_from_params(apply_fn, template, init_fn=init_fn, layout="in_out", framework="nnx",
-                            params=template if concrete else None)
+                            params=template if concrete else None, axes=nnx_layer_axes(module, shapes))
 
 
 def current_weights(weights: Any) -> Callable[[Any], Any]:
