@@ -10,7 +10,13 @@ it), so a misspelt path never leaves a large leaf silently replicated.
 
 Meshes with `jax.sharding.AxisType.Auto` axes are supported (XLA propagates shardings through the
 generator); meshes with explicit axes need per-op `out_sharding` annotations the generators do not
-make yet: build them with `jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))`.
+make yet: build them with `make_mesh(data, model)` (Auto axes "data" x "model").
+
+Model parallelism: shard the generator's chunk / layer-block / feature axis over "model"
+(`model_parallel_rules()`), constrain the generated leaves inside the loss (`constrain`, rules from
+`largest_axis_rules`), and trace the step under `jax.set_mesh(mesh)` so `chunked` partitions its backward
+pass without gathering a whole leaf. Multi-process: `initialize` (before anything touches a device) and
+`global_batch` (each process's rows of one global batch).
 """
 
 from __future__ import annotations
@@ -215,3 +221,166 @@ def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
     if axis not in mesh.shape:
         raise ValueError(f"hyperjax.{who}: mesh has no axis {axis!r} (axes: {', '.join(map(str, mesh.axis_names))}).")
     return NamedSharding(mesh, PartitionSpec(axis))
+
+
+# ------------------------------------------------------------------------------------------------ meshes
+def make_mesh(data: int = 1, model: int = 1, *, devices: Sequence[Any] | None = None) -> Mesh:
+    """A `data` x `model` mesh with axes ("data", "model") of `AxisType.Auto` over the first data*model devices
+    (`jax.devices()`, which spans every process after `initialize`; or `devices`).
+
+    Raises:
+      TypeError: `data` or `model` is not an int.
+      ValueError: a size < 1, or fewer than data * model devices (naming how many there are and how to
+        simulate more on CPU).
+    """
+    who = "sharding.make_mesh"
+    for name, n in (("data", data), ("model", model)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"hyperjax.{who}: `{name}` must be an int >= 1, got {type(n).__name__}.")
+        if n < 1:
+            raise ValueError(f"hyperjax.{who}: `{name}` must be an int >= 1, got {n}.")
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) < data * model:
+        raise ValueError(f"hyperjax.{who}: a {data}x{model} mesh needs {data * model} devices, only {len(devices)} "
+                         f"available. On CPU, simulate more by setting XLA_FLAGS=--xla_force_host_platform_device_"
+                         f"count={data * model} (or jax.config.update('jax_num_cpu_devices', {data * model})) "
+                         f"before JAX starts.")
+    return jax.make_mesh((data, model), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                         devices=devices[:data * model])
+
+
+def mesh_name(mesh: Mesh | AbstractMesh) -> str:
+    """"2x4" for a mesh of shape data 2 x model 4 (axis sizes joined by 'x', in axis order)."""
+    _check_mesh(mesh, "sharding.mesh_name")
+    return "x".join(str(n) for n in mesh.shape.values())
+
+
+def model_parallel_rules(axis: str = "model") -> list[tuple[str, PartitionSpec]]:
+    """Rules sharding the generators' repeated axes over `axis`: chunked's chunk embeddings (chunk axis),
+    per_layer's layer / block embeddings (block axis) and rowwise's feature embeddings (feature axis).
+
+    Use with `unmatched="ignore"` (a generator has only some of them); the rest of hparams is replicated.
+    XLA propagates the sharding through the generator, so each device generates its share of the chunks or
+    blocks. The axis sizes must divide the mesh axis (for chunked: ceil(n / chunk_size) chunks).
+    """
+    if not isinstance(axis, str):
+        raise TypeError(f"hyperjax.sharding.model_parallel_rules: `axis` must be a mesh axis name (str), got "
+                        f"{type(axis).__name__}.")
+    return [("embedding/chunk_emb", PartitionSpec(axis, None)),
+            ("embedding/layer_emb/*", PartitionSpec(axis, None)),
+            ("embedding/feature_emb", PartitionSpec(axis, None))]
+
+
+def largest_axis_rules(tree: Any, mesh: Mesh | AbstractMesh, axis: str = "model", *,
+                       min_size: int = 2 ** 16) -> list[tuple[str, PartitionSpec]]:
+    """One rule per leaf of `tree` (params, a TargetSpec's leaves, ShapeDtypeStructs) with at least
+    `min_size` elements: shard its largest dimension that divides by the size of mesh axis `axis`
+    (the first such dimension on ties); smaller leaves, and leaves with no divisible dimension, get no rule
+    (replicated). E.g. the generated target leaves for `constrain`.
+
+    Raises:
+      TypeError: `mesh` is no Mesh / AbstractMesh, a leaf is not an array.
+      ValueError: the mesh has no axis `axis`.
+    """
+    who = "sharding.largest_axis_rules"
+    _check_mesh(mesh, who)
+    if axis not in mesh.shape:
+        raise ValueError(f"hyperjax.{who}: mesh has no axis {axis!r} (axes: {', '.join(map(str, mesh.axis_names))}).")
+    size = mesh.shape[axis]
+    leaves = getattr(tree, "leaves", None)
+    items = (list(leaves.items()) if isinstance(leaves, dict) else
+             [(_paths.path_str(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]])
+    rules = []
+    for path, leaf in items:
+        shape = _leaf_shape(path, leaf, who)
+        if math.prod(shape) < min_size or size == 1:
+            continue
+        dims = [d for d in sorted(range(len(shape)), key=lambda d: (-shape[d], d)) if shape[d] % size == 0]
+        if dims:
+            rules.append((_glob_escape(path), PartitionSpec(*[axis if d == dims[0] else None for d in range(len(shape))])))
+    return rules
+
+
+def _glob_escape(path: str) -> str:
+    """A glob matching exactly `path` (fnmatch's special characters bracketed)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
+
+
+def constrain(tree: Any, rules: Rules = (), default: PartitionSpec = PartitionSpec(), *,
+              mesh: Mesh | AbstractMesh | None = None, unmatched: str = "error") -> Any:
+    """`jax.lax.with_sharding_constraint` on every leaf by path rules, inside a jitted function: e.g. the
+    generated params, `constrain(hnet.apply(hp, c), largest_axis_rules(spec, mesh))`, so they (and their
+    gradients) stay sharded over "model" instead of XLA choosing to replicate them.
+
+    mesh: default the mesh of the current `jax.set_mesh` context. Leaves without a rule get `default`
+    (replicated). Checked like `shardings` (ranks, axes, divisibility, rules that match nothing).
+
+    Raises:
+      ValueError: no `mesh` and no mesh context; as `shardings`.
+      TypeError: as `shardings`.
+    """
+    who = "sharding.constrain"
+    if mesh is None:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            raise ValueError(f"hyperjax.{who}: no `mesh` given and no mesh context; pass mesh= or trace under "
+                             f"`with jax.set_mesh(mesh):`.")
+    sh = _shardings(tree, mesh, rules, default, unmatched, who)
+    if isinstance(mesh, AbstractMesh):
+        sh = jax.tree.map(lambda s: s.spec, sh)   # a PartitionSpec resolves against the context mesh
+    return jax.lax.with_sharding_constraint(tree, sh)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, local_device_count: int | None = None,
+               cpu_collectives: str = "gloo", **kwargs: Any) -> None:
+    """`jax.distributed.initialize` for one process of a multi-process job; call it first, before anything
+    touches a device.
+
+    coordinator_address: "host:port" of process 0 (None: detected on Slurm, Open MPI, Kubernetes / TPU pods,
+      as `jax.distributed.initialize()` does). num_processes, process_id: this job's size and rank.
+    local_device_count: simulate this many CPU devices in this process (`jax_num_cpu_devices`; tests and
+      one-machine runs). cpu_collectives: the CPU collectives library ("gloo"; "mpi" needs an MPI build),
+      so a jitted step over a mesh spanning processes runs on CPU too. kwargs go to `jax.distributed.initialize`.
+
+    Raises:
+      TypeError: `local_device_count` is not an int.
+      ValueError: `local_device_count` < 1 or an unknown `cpu_collectives`.
+      RuntimeError: JAX's backends already started (from JAX: it must come before any device use).
+    """
+    who = "sharding.initialize"
+    if cpu_collectives not in ("gloo", "mpi"):
+        raise ValueError(f"hyperjax.{who}: unknown `cpu_collectives`={cpu_collectives!r}; valid options are "
+                         f"'gloo', 'mpi'.")
+    if local_device_count is not None:
+        if isinstance(local_device_count, bool) or not isinstance(local_device_count, int):
+            raise TypeError(f"hyperjax.{who}: `local_device_count` must be an int >= 1 or None, got "
+                            f"{type(local_device_count).__name__}.")
+        if local_device_count < 1:
+            raise ValueError(f"hyperjax.{who}: `local_device_count` must be an int >= 1, got {local_device_count}.")
+        jax.config.update("jax_num_cpu_devices", local_device_count)
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+
+
+def global_batch(local_batch: Any, mesh: Mesh, axis: str = "data") -> Any:
+    """Each process's rows of one global batch -> global arrays sharded over `axis` along their leading axis
+    (`jax.make_array_from_process_local_data`); in one process, the same as `device_put` with
+    `batch_sharding(mesh, axis)`. The global batch size is the sum of the processes' rows.
+
+    Raises:
+      TypeError: `mesh` is no Mesh.
+      ValueError: the mesh has no axis `axis`; a leaf has no leading axis.
+    """
+    who = "sharding.global_batch"
+    _check_mesh(mesh, who, concrete=True)
+    sh = batch_sharding(mesh, axis)
+    out = []
+    flat, treedef = jax.tree_util.tree_flatten_with_path(local_batch)
+    for kp, leaf in flat:
+        if np.ndim(leaf) == 0:
+            raise ValueError(f"hyperjax.{who}: leaf '{_paths.path_str(kp)}' is a scalar; every batch leaf needs a "
+                             f"leading (batch) axis to split over {axis!r}.")
+        out.append(jax.make_array_from_process_local_data(sh, np.asarray(leaf)))
+    return jax.tree_util.tree_unflatten(treedef, out)

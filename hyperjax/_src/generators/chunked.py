@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +44,48 @@ def _output_layer_bwd(res, g):
 _output_layer.defvjp(_output_layer_fwd, _output_layer_bwd)
 
 
+def _under_mesh() -> bool:
+    """True while tracing under a multi-device mesh context (`with jax.set_mesh(mesh):`): then the flat
+    vector is split with `_mesh_split`."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and mesh.size > 1
+
+
+def _mesh_split(target: TargetSpec, paths: Sequence[str], affine: Any, n: int,
+                dtype: Any) -> Callable[[jax.Array], dict]:
+    """`common.split_leaves` (the same forward) whose backward sums one zero-padded cotangent per leaf.
+
+    The transpose of the split is a concatenate; with the flat vector sharded over chunks and a generated leaf
+    sharded over its own axes, XLA's SPMD partitioner gathers that leaf's whole cotangent on every device
+    before concatenating at an offset that is not a shard boundary (one full copy of the largest leaf per
+    device). A pad at a constant offset is partitioned with a halo exchange instead, so the cotangent of the
+    flat vector stays sharded. The values are the same as the concatenate's (each element is one leaf's
+    cotangent plus zeros). Used only under a multi-device mesh: on one device, and under `jax.vmap` over conds,
+    the concatenate is cheaper (issue 12).
+    """
+    sizes = [int(math.prod(target.leaves[p].shape)) for p in paths]
+    offsets = [0, *itertools.accumulate(sizes)]
+    std = [1.0] * len(paths) if affine is None else [float(v) for v in affine[1]]
+
+    @jax.custom_vjp
+    def split(flat):
+        return common.split_leaves(target, paths, flat, affine=affine)
+
+    def fwd(flat):
+        return split(flat), None
+
+    def bwd(_, g):
+        total = None
+        for p, off, size, s in zip(paths, offsets, sizes, std):
+            part = g[p].astype(dtype).reshape(-1) * jnp.asarray(s, dtype)
+            part = jax.lax.pad(part, jnp.zeros((), dtype), [(off, n - off - size, 0)])
+            total = part if total is None else total + part
+        return (jnp.zeros((n,), dtype) if total is None else total,)
+
+    split.defvjp(fwd, bwd)
+    return split
+
+
 def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None, num_conds: int | None = None,
             chunk_emb_dim: int = 8, hidden: int | Sequence[int] = common.DEFAULT_HIDDEN, where: Any = None,
             init: str = "hyperfan_in", center: bool = True,
@@ -74,6 +118,9 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
     apply(hparams, cond=None): cond f[cond_dim], an int id, or None (static) -> params shaped like `target`.
     hparams: {"hyper": {"mlp": [...]}, "embedding": {"chunk_emb", "cond_emb" | "code"}, "direct": ...}.
     Generator parameters: n_chunks * chunk_emb_dim + MLP with sizes (cond_dim + chunk_emb_dim, *hidden, chunk_size).
+    Under a multi-device mesh context (`with jax.set_mesh(mesh):`), the backward pass of the
+    split into leaves is partitioned without gathering a whole leaf's cotangent (`_mesh_split`); shard
+    hparams["embedding"]["chunk_emb"] over the chunk axis for model-parallel generation.
     Raises: TypeError for a target that is not a TargetSpec; ValueError for non-positive sizes, an unknown
     init, or a `where` that matches nothing.
     """
@@ -89,6 +136,7 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
     n_chunks = -(-n_out // chunk_size)
     sizes = (cond.dim + chunk_emb_dim, *hidden, chunk_size)
     center = center and bool(hidden) and n_chunks > 1
+    mesh_split = _mesh_split(target, paths, affine, n_chunks * chunk_size, dtype)
 
     def features(mlp, c, chunk_emb):
         """Last hidden features f[n_chunks, d_k] for cond vector c (centred over chunks if `center`)."""
@@ -116,6 +164,8 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
         h = features(mlp, c.astype(dtype), hparams["embedding"]["chunk_emb"])
         out = mlp[-1]
         flat = _output_layer(h, out["w"], out["b"]).reshape(-1)
+        if _under_mesh():
+            return mesh_split(flat)
         return common.split_leaves(target, paths, flat, affine=affine)
 
     return common.assemble(target, paths, common.Core(core_init, core_apply), cond, dtype, who)
