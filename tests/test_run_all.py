@@ -297,3 +297,11 @@ def test_make_step_grad_norm_is_the_gradient_norm(tiny_mlp_spec, key):
         state = hj.training.init_state(hparams, optax.sgd(0.1), key)
         _, metrics = hj.training.make_step(loss_fn, optax.sgd(0.1), jit=jit)(state, (x, y))
         np.testing.assert_allclose(metrics["grad_norm"], want, rtol=1e-5)
+
+
+def test_device_gpu_without_a_gpu_is_a_clear_error():
+    """`--device gpu` on a machine whose JAX has no GPU stops before running anything, saying why."""
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU: the GPU path runs instead")
+    with pytest.raises(SystemExit, match="--device gpu: JAX sees no GPU.*nothing was run"):
+        run_all.setup_jax("gpu")
