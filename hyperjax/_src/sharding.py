@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from hyperjax._src import paths as _paths
+from hyperjax._src.spec import TargetSpec
 
 Rules = Sequence[tuple[_paths.Where, PartitionSpec]]
 UNMATCHED = ("error", "warn", "ignore")
@@ -287,8 +288,7 @@ def largest_axis_rules(tree: Any, mesh: Mesh | AbstractMesh, axis: str = "model"
     if axis not in mesh.shape:
         raise ValueError(f"hyperjax.{who}: mesh has no axis {axis!r} (axes: {', '.join(map(str, mesh.axis_names))}).")
     size = mesh.shape[axis]
-    leaves = getattr(tree, "leaves", None)
-    items = (list(leaves.items()) if isinstance(leaves, dict) else
+    items = (list(tree.leaves.items()) if isinstance(tree, TargetSpec) else
              [(_paths.path_str(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]])
     rules = []
     for path, leaf in items:
