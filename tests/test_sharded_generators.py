@@ -118,7 +118,6 @@ def test_sharded_matches_single_device(table, kind):
     assert "error" not in row, row.get("error")
     assert row["params_max_diff"] < 1e-4
     assert row["min_leaf_update"] > 0            # every leaf was trained, so its gradient was compared
-    assert row["losses"] != row["ref_losses"] or row["params_max_diff"] >= 0   # both recorded
     assert abs(row["losses"][1] - row["losses"][0]) > 1e-4       # the second loss saw the first update
 
 
