@@ -64,6 +64,16 @@ def _ln_init(n: int, dtype: DTypeLike) -> dict[str, Array]:
     return {"scale": jnp.ones((n,), dtype), "bias": jnp.zeros((n,), dtype)}
 
 
+def _float_dtype(dtype: Any, who: str) -> Any:
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"hyperjax.{who}: `dtype` must be a floating dtype (jnp.float32, jnp.bfloat16), got {dtype!r}.")
+    return dt
+
+
 def lstm_init(key: PRNGKey, *, in_dim: int, hidden: int, dtype: DTypeLike = jnp.float32) -> LSTMParams:
     """Params of a layer-normed LSTM cell.
 
@@ -76,7 +86,11 @@ def lstm_init(key: PRNGKey, *, in_dim: int, hidden: int, dtype: DTypeLike = jnp.
     """
     who = "recurrent.lstm_init"
     in_dim, hidden = checks.positive_int(in_dim, "in_dim", who), checks.positive_int(hidden, "hidden", who)
-    dtype = checks._dtype(dtype, "dtype", who)
+    return _lstm_init(key, in_dim, hidden, _float_dtype(dtype, who))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))      # one compiled program, not one per eager op
+def _lstm_init(key: PRNGKey, in_dim: int, hidden: int, dtype: Any) -> LSTMParams:
     k_x, k_h = jax.random.split(key)
     kernel_x = jax.nn.initializers.lecun_normal()(k_x, (in_dim, GATES * hidden), dtype)
     blocks = jax.vmap(lambda k: jax.nn.initializers.orthogonal()(k, (hidden, hidden), dtype))(
@@ -103,12 +117,17 @@ def hyperlstm_init(key: PRNGKey, *, in_dim: int, hidden: int, hyper_hidden: int 
     in_dim, hidden = checks.positive_int(in_dim, "in_dim", who), checks.positive_int(hidden, "hidden", who)
     hyper_hidden = checks.positive_int(hyper_hidden, "hyper_hidden", who)
     emb_dim = checks.positive_int(emb_dim, "emb_dim", who)
-    dtype = checks._dtype(dtype, "dtype", who)
+    return _hyperlstm_init(key, in_dim, hidden, hyper_hidden, emb_dim, _float_dtype(dtype, who))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _hyperlstm_init(key: PRNGKey, in_dim: int, hidden: int, hyper_hidden: int, emb_dim: int, dtype: Any
+                    ) -> HyperLSTMParams:
     k_main, k_hyper, k_zb = jax.random.split(key, 3)
     scale = {"w_z": jnp.zeros((hyper_hidden, GATES, emb_dim), dtype), "b_z": jnp.ones((GATES, emb_dim), dtype),
              "w_d": jnp.full((GATES, emb_dim, hidden), INIT_SCALE / emb_dim, dtype)}
-    return {"main": lstm_init(k_main, in_dim=in_dim, hidden=hidden, dtype=dtype),
-            "hyper": lstm_init(k_hyper, in_dim=in_dim + hidden, hidden=hyper_hidden, dtype=dtype),
+    return {"main": _lstm_init(k_main, in_dim, hidden, dtype),
+            "hyper": _lstm_init(k_hyper, in_dim + hidden, hyper_hidden, dtype),
             "proj": {"x": scale, "h": jax.tree.map(jnp.copy, scale),
                      "bias": {"w_z": 0.01 * jax.random.normal(k_zb, (hyper_hidden, GATES, emb_dim), dtype),
                               "w_d": jnp.zeros((GATES, emb_dim, hidden), dtype)}}}
