@@ -191,12 +191,30 @@ def place(tree: Any, mesh: Mesh, rules: Rules = (), default: PartitionSpec = Par
           unmatched: str = "error") -> Any:
     """`jax.device_put` every leaf with its rule's sharding (`mesh` must be a concrete `Mesh`).
 
+    For a mesh spanning processes (after `initialize`), every process passes the same full values (e.g. from
+    the same init key) and gets global arrays holding its own shards (typed PRNG keys replicated).
+
     Raises:
       TypeError, ValueError: as `shardings`; TypeError for an `AbstractMesh` (it has no devices).
     """
     who = "sharding.place"
     _check_mesh(mesh, who, concrete=True)
-    return jax.device_put(tree, _shardings(tree, mesh, rules, default, unmatched, who))
+    sh = _shardings(tree, mesh, rules, default, unmatched, who)
+    if all(s.is_fully_addressable for s in jax.tree.leaves(sh)):
+        return jax.device_put(tree, sh)
+    return jax.tree.map(_global, tree, sh)
+
+
+def _global(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """A global array (a mesh spanning processes) from the full value every process holds (same seed)."""
+    if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(leaf))
+        impl = jax.random.key_impl(leaf)
+        raw = jax.make_array_from_callback(data.shape, NamedSharding(sharding.mesh, PartitionSpec()),
+                                           lambda idx: data[idx])
+        return jax.random.wrap_key_data(raw, impl=impl)
+    value = np.asarray(leaf)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
 def abstract_with_shardings(tree: Any, mesh: Mesh | AbstractMesh, rules: Rules = (),
