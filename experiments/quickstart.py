@@ -2,6 +2,7 @@
 
     python -m experiments.quickstart                     # scikit-learn digits (8x8 -> 64 inputs)
     python -m experiments.quickstart --mnist mnist.npz   # real MNIST from a local file (784 inputs)
+    python -m experiments.quickstart --devices 8         # data-parallel over 8 devices (simulated on CPU)
 
 Target: a linen MLP in -> 256 -> 256 -> 10 (85,002 params on digits). Two runs on the same batches:
 
@@ -14,10 +15,21 @@ Writes results/quickstart.json (accuracies, trainable parameter counts, compress
 hypernet trainable params, wall time, learning curves, and `params_sha256`, a hash of the raw bytes of the
 final params: two runs with the same seed on CPU write the same hashes and metrics) and results/quickstart.png
 (both curves).
+
+--devices N (N > 1) runs the same job data-parallel over an N x 1 ("data" x "model") mesh: state replicated,
+every batch split over "data". When JAX has fewer than N devices, N CPU devices are simulated: set before
+JAX's backend starts (`jax_num_cpu_devices`), or, when it has already started (main() called in a process
+that used JAX), the script re-runs itself in a fresh process with
+XLA_FLAGS=--xla_force_host_platform_device_count=N and returns that run's metrics. The JSON records
+`devices` and `mesh` ("8x1"; null for one device, the unsharded default run).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -26,6 +38,7 @@ import numpy as np
 import optax
 
 import hyperjax as hj
+import hyperjax.sharding as hjs
 from experiments import _common, _data
 
 NAME = "quickstart"
@@ -46,6 +59,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=50, help="steps between test-accuracy evaluations")
+    p.add_argument("--devices", type=int, default=1,
+                   help="data-parallel over N devices (N CPU devices simulated when JAX has fewer)")
     return p
 
 
@@ -75,7 +90,29 @@ def optimizer(lr: float, steps: int, warmup: int, weight_decay: float) -> optax.
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
-def train(name, params, to_target, spec, data, opt, args, seed):
+def ensure_devices(n: int, argv) -> dict | None:
+    """None when this process has >= n devices (simulating n CPU devices if JAX has not started yet);
+    otherwise re-run the script with n simulated CPU devices and return its metrics."""
+    try:
+        jax.config.update("jax_num_cpu_devices", n)     # only before the backend starts
+    except RuntimeError:
+        pass
+    if jax.device_count() >= n:
+        return None
+    flag = f"--xla_force_host_platform_device_count={n}"
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip(), JAX_PLATFORMS="cpu")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    proc = subprocess.run([sys.executable, "-m", "experiments.quickstart", *argv], env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if proc.returncode:
+        raise SystemExit(f"quickstart --devices {n}: the re-run with {n} simulated CPU devices failed "
+                         f"(exit {proc.returncode})")
+    args = build_parser().parse_args(argv)
+    with open(args.out) as f:
+        return json.load(f)["metrics"]
+
+
+def train(name, params, to_target, spec, data, opt, args, seed, mesh=None):
     """Train `params` (target params = to_target(params)) on the batches drawn with `seed`.
 
     Returns (final params, curve {"step", "train_loss", "test_accuracy"}, seconds).
@@ -95,6 +132,12 @@ def train(name, params, to_target, spec, data, opt, args, seed):
 
     step, multi = _common.make_steps(loss_fn, opt, args.steps_per_call)
     state = jax.jit(lambda p, k: hj.training.init_state(p, opt, k))(params, jax.random.key(seed))  # one compile
+    if mesh is not None:                     # data-parallel: replicated state, batches split over "data"
+        state = hjs.place(state, mesh)
+        one, many = hjs.batch_sharding(mesh), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+        step = (lambda f: lambda st, b: f(st, jax.device_put(b, one)))(step)
+        if multi is not None:
+            multi = (multi[0], (lambda f: lambda st, b: f(st, jax.device_put(b, many)))(multi[1]))
     order = _data.batches(np.random.default_rng(seed), len(x_tr), args.batch_size)
     state, curve, seconds = _common.train_loop(step, state, order, (x_tr, y_tr), args.steps, args.eval_every, accuracy,
                                                name, disable=args.no_progress, multi=multi)
@@ -118,6 +161,15 @@ def plot(curves: dict, path: str, title: str) -> str:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.devices < 1:
+        raise SystemExit(f"quickstart: --devices must be >= 1, got {args.devices}")
+    if args.devices > 1 and args.batch_size % args.devices:
+        raise SystemExit(f"quickstart: --batch-size {args.batch_size} does not split over --devices {args.devices}")
+    if args.devices > 1:
+        forwarded = ensure_devices(args.devices, argv)
+        if forwarded is not None:
+            return forwarded
+    mesh = hjs.make_mesh(args.devices, 1) if args.devices > 1 else None
     t_start = time.perf_counter()
     x_tr, y_tr, x_te, y_te, dataset = load(args.mnist, args.seed)
     data = (x_tr, y_tr, x_te, y_te)
@@ -132,7 +184,7 @@ def main(argv=None) -> dict:
         ("direct", direct, lambda p: p, args.direct_lr),
     ]:
         opt = optimizer(lr, args.steps, args.warmup, args.weight_decay)
-        final, curve, seconds = train(name, params, to_target, spec, data, opt, args, args.seed)
+        final, curve, seconds = train(name, params, to_target, spec, data, opt, args, args.seed, mesh)
         runs[name] = {"curve": curve, "train_time_s": seconds, "params_sha256": _common.params_sha256(final),
                       "generated_params_sha256": _common.params_sha256(to_target(final))}
 
@@ -157,6 +209,7 @@ def main(argv=None) -> dict:
         "accuracy_gap_points": gap,
         "target_met": bool(gap <= 2.0 and 2 * n_hyper <= n_direct),
         "wall_time_s": wall,
+        "devices": args.devices, "mesh": None if mesh is None else hjs.mesh_name(mesh),
     }
     curves = {k: v["curve"] for k, v in runs.items()}
     config = {**vars(args), "target": f"MLP {x_tr.shape[1]}->" + "->".join(map(str, (*args.widths, 10)))}

@@ -131,3 +131,20 @@ def test_two_runs_with_the_same_seed_write_bitwise_identical_params_and_metrics(
     assert untimed(a) == untimed(b)                                   # accuracies, losses, counts: exactly equal
     assert records[0]["curves"] == records[1]["curves"]               # every logged loss and accuracy
     assert records[0]["config"] == {**records[1]["config"], "out": records[0]["config"]["out"]}
+
+
+def test_devices_runs_data_parallel_and_matches_one_device(tmp_path):
+    """--devices 2 in a process whose JAX already started re-runs itself with 2 simulated CPU devices; the JSON
+    records devices and mesh, and the run agrees with the 1-device run up to float32 reduction order."""
+    one, _, _ = run(tmp_path)
+    out = tmp_path / "two.json"
+    metrics = quickstart.main(["--steps", "12", "--eval-every", "5", "--warmup", "3", "--no-progress",
+                               "--out", str(out), "--devices", "2"])
+    record = json.loads(out.read_text())
+    assert record["metrics"] == metrics and record["config"]["devices"] == 2
+    assert metrics["devices"] == 2 and metrics["mesh"] == "2x1" and one["devices"] == 1 and one["mesh"] is None
+    for name in ("hypernet", "direct"):
+        assert metrics[name]["test_accuracy"] == pytest.approx(one[name]["test_accuracy"], abs=0.02)
+        assert metrics[name]["final_train_loss"] == pytest.approx(one[name]["final_train_loss"], rel=1e-3)
+    with pytest.raises(SystemExit, match="--batch-size 256 does not split over --devices 3"):
+        quickstart.main(["--devices", "3", "--out", str(tmp_path / "x.json")])
