@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 KINDS = ["dense", "chunked", "per_layer", "low_rank", "scale_modulation", "rowwise", "codebook", "from_module"]
@@ -127,3 +128,54 @@ def test_model_parallel_rules_shard_the_repeated_axes(table):
     assert table["per_layer"]["sharded_hparams"] and all(
         p.startswith("embedding/layer_emb/") for p in table["per_layer"]["sharded_hparams"])
     assert table["rowwise"]["sharded_hparams"] == ["embedding/feature_emb"]
+
+
+# ------------------------------------------------------------------ the new sharding helpers, in-process (1 device)
+def test_helpers_on_one_device():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+
+    import hyperjax as hj
+    import hyperjax.sharding as hjs
+
+    mesh = hjs.make_mesh(1, 1)
+    assert mesh.axis_names == ("data", "model") and hjs.mesh_name(mesh) == "1x1"
+    abstract8 = jax.sharding.AbstractMesh((2, 4), ("data", "model"))
+    spec = hj.testing.mlp_spec((16, 32, 8))
+    rules = hjs.largest_axis_rules(spec, abstract8, min_size=100)
+    assert rules == [("Dense_0/kernel", P(None, "model")), ("Dense_1/kernel", P("model", None))]
+    assert hjs.largest_axis_rules({"a[0]": np.zeros((8, 3))}, abstract8, min_size=1) == [("a[[]0]", P("model", None))]
+    assert hjs.largest_axis_rules({"w": np.zeros((3, 5))}, abstract8, min_size=1) == []      # nothing divides
+    f = lambda t: hjs.constrain(t, [("w", P("data"))], mesh=mesh)
+    assert "sharding_constraint" in str(jax.make_jaxpr(f)({"w": jnp.ones(4)}))
+    assert (np.asarray(jax.jit(f)({"w": jnp.ones(4)})["w"]) == 1).all()
+    with jax.set_mesh(mesh):
+        assert jax.jit(lambda t: hjs.constrain(t, [("w", P("model"))]))({"w": jnp.ones(4)})["w"].shape == (4,)
+    batch = hjs.global_batch((np.ones((4, 2)), np.arange(4)), mesh)
+    assert batch[0].sharding.spec == P("data") and batch[1].shape == (4,)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda hjs: hjs.make_mesh(2, 4), ValueError, r"make_mesh: a 2x4 mesh needs 8 devices, only 1 available.*"
+                                                 r"xla_force_host_platform_device_count=8"),
+    (lambda hjs: hjs.make_mesh(0), ValueError, r"make_mesh: `data` must be an int >= 1, got 0"),
+    (lambda hjs: hjs.make_mesh(model=2.0), TypeError, r"make_mesh: `model` must be an int >= 1, got float"),
+    (lambda hjs: hjs.constrain({"w": np.zeros(2)}, []), ValueError, r"constrain: no `mesh` given and no mesh context"),
+    (lambda hjs: hjs.largest_axis_rules({}, hjs.make_mesh(), "tensor"), ValueError,
+     r"largest_axis_rules: mesh has no axis 'tensor' \(axes: data, model\)"),
+    (lambda hjs: hjs.global_batch({"n": np.float32(3)}, hjs.make_mesh()), ValueError,
+     r"global_batch: leaf 'n' is a scalar"),
+    (lambda hjs: hjs.initialize("localhost:1", 2, 0, cpu_collectives="nccl"), ValueError,
+     r"initialize: unknown `cpu_collectives`='nccl'; valid options are 'gloo', 'mpi'"),
+    (lambda hjs: hjs.initialize("localhost:1", 2, 0, local_device_count="4"), TypeError,
+     r"initialize: `local_device_count` must be an int >= 1 or None, got str"),
+    (lambda hjs: hjs.model_parallel_rules(1), TypeError, r"model_parallel_rules: `axis` must be a mesh axis name"),
+], ids=["too-few-devices", "zero", "float", "no-mesh", "no-axis", "scalar-batch", "collectives", "count-type",
+        "axis-type"])
+def test_helper_errors_name_the_argument(call, exc, match):
+    import hyperjax.sharding as hjs
+
+    with pytest.raises(exc, match=r"^hyperjax.sharding." + match):
+        call(hjs)
