@@ -311,3 +311,32 @@ def test_errors_name_the_argument_and_leaf(hp, lp):
         R.hyperlstm_init(jax.random.key(0), in_dim=IN, hidden=H, hyper_hidden=0)
     with pytest.raises(TypeError, match="`dtype` must be a floating dtype"):
         R.lstm_init(jax.random.key(0), in_dim=IN, hidden=H, dtype=jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+@pytest.mark.slow
+def test_benchmark_quick_schema(tmp_path):
+    """benchmarks.hyperlstm --quick: the JSON the README quotes, parameter counts, the materialised variant
+    equal to the cell, its temp memory above the scaling form's. No timing asserts."""
+    import json
+
+    from benchmarks import hyperlstm as bench
+
+    payload = bench.main(["--quick", "--results-dir", str(tmp_path)])
+    record = json.loads((tmp_path / "hyperlstm.json").read_text())
+    assert record["benchmark"] == "hyperlstm" and record["quick"] is True
+    assert record["ratios"] == json.loads(json.dumps(payload["ratios"]))
+    cfg = bench.QUICK
+    head = cfg["vocab"] * cfg["embed"] + cfg["vocab"]
+    assert record["params"]["hyperlstm"] == record["params"]["materialised"] == head + cfg["hidden"] * cfg["vocab"] + \
+        R.hyperlstm_param_count(cfg["embed"], cfg["hidden"], cfg["hyper_hidden"], cfg["emb_dim"])
+    assert record["params"]["lstm"] == head + cfg["lstm_hidden"] * cfg["vocab"] + R.lstm_param_count(cfg["embed"],
+                                                                                                   cfg["lstm_hidden"])
+    assert record["max_abs_diff_materialised"] < 1e-4
+    assert set(record["step_ms"]) == set(bench.VARIANTS) and all(v > 0 for v in record["step_ms"].values())
+    b = str(cfg["batch"])
+    mem = record["memory"]
+    assert mem["materialised"][b]["temp_mb"] > mem["hyperlstm"][b]["temp_mb"]
+    assert record["ratios"][f"peak_materialised_over_hyperlstm/batch={b}"] == pytest.approx(
+        mem["materialised"][b]["peak_mb"] / mem["hyperlstm"][b]["peak_mb"])
+    assert "| materialised |" in (tmp_path / "hyperlstm.md").read_text()
