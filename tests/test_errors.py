@@ -192,7 +192,7 @@ CASES = [
         lambda c: G.scale_modulation(c.spec, init_scale=0.0), ValueError,
         r"`init_scale` must be a positive finite number, got 0\.0\.$"),
     row("stack_axes-float", "hyperjax.generators.per_layer", lambda c: G.per_layer(c.spec, stack_axes=1.5), TypeError,
-        r"`stack_axes` must be an int >= 0 .*got float"),
+        r"`stack_axes` must be None \(read from the target\) or an int >= 0 .*got float"),
     row("stack_axes-negative", "hyperjax.generators.per_layer", lambda c: G.per_layer(c.spec, stack_axes=-1),
         ValueError, r"`stack_axes` must be an int >= 0"),
     row("block-not-a-pair", "hyperjax.generators.per_layer", lambda c: G.per_layer(c.spec, block=(2,)), ValueError,
@@ -483,6 +483,28 @@ CASES = [
     row("negative-size", "hyperjax.testing.ramp", lambda c: hj.testing.ramp((2, -1)), ValueError, r"`shape`"),
     row("not-shapes", "hyperjax.testing.filled", lambda c: hj.testing.filled({"w": "x"}), TypeError, r"leaf 'w'"),
     row("not-a-key-path", "hyperjax.testing.path_of", lambda c: hj.testing.path_of(3), TypeError, r"key path"),
+    # ------------------------------------------------ the 2-D view of kernels, sharding helpers
+    row("as-matrix-shape", "hyperjax.targets.as_matrix",
+        lambda c: hj.targets.as_matrix(c.spec, "Dense_0/kernel", jnp.zeros((3, 3))), ValueError,
+        r"leaf 'Dense_0/kernel' must have shape \(5, 7\), got \(3, 3\)"),
+    row("from-matrix-shape", "hyperjax.targets.from_matrix",
+        lambda c: hj.targets.from_matrix(c.spec, "Dense_0/kernel", jnp.zeros((7, 5))), ValueError,
+        r"leaf 'Dense_0/kernel' has the 2-D view \(5, 7\); got a matrix of shape \(7, 5\)"),
+    row("matrix-of-a-bias", "hyperjax.targets.matrix_shape",
+        lambda c: hj.targets.matrix_shape(c.spec, "Dense_0/bias"), ValueError, r"'Dense_0/bias' .* is a bias, not a kernel"),
+    row("mesh-too-big", "hyperjax.sharding.make_mesh", lambda c: hj.sharding.make_mesh(data=3, model=5), ValueError,
+        r"a 3x5 mesh needs 15 devices"),
+    row("mesh-name-type", "hyperjax.sharding.mesh_name", lambda c: hj.sharding.mesh_name(3), TypeError,
+        r"`mesh` must be a jax.sharding.Mesh"),
+    row("mp-rules-axis", "hyperjax.sharding.model_parallel_rules", lambda c: hj.sharding.model_parallel_rules(axis=3),
+        TypeError, r"`axis` must be a mesh axis name \(str\), got int"),
+    row("largest-rules-mesh", "hyperjax.sharding.largest_axis_rules",
+        lambda c: hj.sharding.largest_axis_rules({"a": jnp.zeros(3)}, 3), TypeError, r"`mesh` must be a jax.sharding"),
+    row("constrain-no-mesh", "hyperjax.sharding.constrain",
+        lambda c: hj.sharding.constrain({"a": jnp.zeros(3)}, [("a", jax.sharding.PartitionSpec("x"))]), ValueError,
+        r"no `mesh` given and no mesh context"),
+    row("global-batch-mesh", "hyperjax.sharding.global_batch", lambda c: hj.sharding.global_batch(jnp.zeros(3), 3),
+        TypeError, r"`mesh` must be a jax.sharding.Mesh"),
 ]
 
 # Public callables with no input to check, each with the reason (a new entry needs one too).
@@ -504,6 +526,11 @@ ALLOW = {
     # flax dataclass modules: flax checks the fields when the module is initialised
     "hyperjax.testing.MLP": "flax.linen.Module dataclass",
     "hyperjax.testing.CNN": "flax.linen.Module dataclass",
+    "hyperjax.testing.Transformer": "flax.linen.Module dataclass",
+    "hyperjax.targets.LeafAxes": "NamedTuple; TargetSpec checks it against each leaf (tests/targets/test_real_models)",
+    "hyperjax.targets.heuristic_axes": "reads any shape; a LeafAxes it makes is checked by TargetSpec",
+    "hyperjax.sharding.initialize": "wraps jax.distributed.initialize, whose own errors name the problem; must run "
+                                    "before JAX starts, so it cannot be called in this process",
     "hyperjax.testing.StackedMLP": "flax.linen.Module dataclass",
 }
 
