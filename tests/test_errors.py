@@ -503,6 +503,8 @@ CASES = [
     row("constrain-no-mesh", "hyperjax.sharding.constrain",
         lambda c: hj.sharding.constrain({"a": jnp.zeros(3)}, [("a", jax.sharding.PartitionSpec("x"))]), ValueError,
         r"no `mesh` given and no mesh context"),
+    row("logical-rules-target", "hyperjax.sharding.logical_rules",
+        lambda c: hj.sharding.logical_rules({"a": 1}, []), TypeError, r"`target` must be a TargetSpec"),
     row("global-batch-mesh", "hyperjax.sharding.global_batch", lambda c: hj.sharding.global_batch(jnp.zeros(3), 3),
         TypeError, r"`mesh` must be a jax.sharding.Mesh"),
 ]

@@ -402,3 +402,44 @@ def global_batch(local_batch: Any, mesh: Mesh, axis: str = "data") -> Any:
                              f"leading (batch) axis to split over {axis!r}.")
         out.append(jax.make_array_from_process_local_data(sh, np.asarray(leaf)))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def logical_rules(target: Any, logical_to_mesh: Sequence[tuple[str, Any]], *, where: Any = None
+                  ) -> list[tuple[str, PartitionSpec]]:
+    """Path rules from a model's logical axis names, as Flax's `nn.logical_to_mesh_sharding` maps them.
+
+    target: a TargetSpec whose leaves carry logical names (`from_linen` of a model with
+      `nn.with_logical_partitioning`; `target.logical_names()`).
+    logical_to_mesh: Flax-style rules, e.g. [("embed", None), ("mlp", "model"), ("kv", "model"),
+      ("vocab", "model"), ("layers", None)]: a logical name -> a mesh axis (or None: replicated).
+    where: glob(s) or predicate limiting the leaves; None: every leaf with names.
+    Returns [(exact path, PartitionSpec)], usable as `rules` of `shardings`, `place` and `constrain`; leaves
+    without names match none of them (give `default=` or more rules after these).
+
+    Raises:
+      TypeError: `target` is not a TargetSpec.
+      ValueError: no leaf carries logical names, or a name is missing from `logical_to_mesh` (naming the
+        leaf and the name).
+    """
+    import flax.linen as nn
+
+    who = "sharding.logical_rules"
+    if not isinstance(target, TargetSpec):
+        raise TypeError(f"hyperjax.{who}: `target` must be a TargetSpec (e.g. hj.targets.from_linen(model, x)), "
+                        f"got {type(target).__name__}.")
+    names = target.logical_names()
+    if where is not None:
+        chosen = set(target.select(where))
+        names = {p: n for p, n in names.items() if p in chosen}
+    if not names:
+        raise ValueError(f"hyperjax.{who}: no leaf of the target carries logical axis names; build the model "
+                         f"with nn.with_logical_partitioning, or write path rules.")
+    known = {k for k, _ in logical_to_mesh}
+    out = []
+    for path, axes in names.items():
+        missing = [a for a in axes if a is not None and a not in known]
+        if missing:
+            raise ValueError(f"hyperjax.{who}: leaf '{path}' has logical axes {axes}; {missing[0]!r} is not in "
+                             f"`logical_to_mesh` (names there: {sorted(known)}).")
+        out.append((_glob_escape(path), nn.logical_to_mesh_axes(axes, tuple(logical_to_mesh))))
+    return out

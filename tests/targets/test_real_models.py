@@ -170,3 +170,18 @@ def test_bad_axes_are_named():
         hj.targets.TargetSpec(None, s.leaves, s.treedef, axes={"w": hj.targets.LeafAxes("matrix", (), (0,), (1,))})
     with pytest.raises(ValueError, match="'v', which is not a leaf"):
         hj.targets.TargetSpec(None, s.leaves, s.treedef, axes={"v": hj.targets.LeafAxes("kernel", (), (0,), (1,))})
+
+
+def test_logical_names_become_sharding_rules(spec):
+    from jax.sharding import PartitionSpec as P
+
+    rules = hj.sharding.logical_rules(spec, [("embed", None), ("mlp", "model"), ("vocab", "model"),
+                                             ("layers", None)])
+    by_path = dict(rules)
+    assert by_path["layers/mlp_in/kernel"] == P(None, None, "model")
+    assert by_path["embed/embedding"] == P("model", None)
+    mesh = jax.sharding.AbstractMesh((1, 2), ("data", "model"))
+    shard = hj.sharding.shardings(spec.abstract_params, mesh, rules, unmatched="ignore")
+    assert shard["layers"]["mlp_out"]["kernel"].spec == P(None, "model", None)
+    with pytest.raises(ValueError, match="leaf 'embed/embedding' has logical axes.*'vocab' is not in"):
+        hj.sharding.logical_rules(spec, [("embed", None)], where="embed/*")
