@@ -36,6 +36,7 @@ def batched(tmp_path_factory):
     return json.loads(out.read_text()), out
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_batched_grad_schema(batched):
     data, out = batched
     assert set(data["cases"]) == {"mlp"}
@@ -52,6 +53,7 @@ def test_batched_grad_schema(batched):
     assert "| mlp | chunked |" in table and "| mlp | codebook |" in table
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_startup_schema(tmp_path):
     out = tmp_path / "startup.json"
     _run(["benchmarks.startup", "--quick", "--cases", "hand,dense", "--out", str(out),

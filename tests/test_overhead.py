@@ -43,6 +43,7 @@ def test_handwritten_step_is_the_library_step(case):
     chex.assert_trees_all_close(state.params, p, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_quick_run_writes_json_and_markdown(tmp_path):
     payload = overhead.main(["--quick", "--results-dir", str(tmp_path)])
     record = json.loads((tmp_path / "overhead.json").read_text())

@@ -44,6 +44,7 @@ def smoke(tmp_path_factory):
         return json.load(f), out, proc.stdout
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_smoke_schema(smoke):
     payload, out, _ = smoke
     assert {"benchmark", "environment", "command", "config", "torch", "cases", "goals", "wall_s"} <= set(payload)
@@ -62,6 +63,7 @@ def test_smoke_schema(smoke):
     assert not (out / "RESULTS.md").exists()  # quick runs leave RESULTS.md alone
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_smoke_missing_torch_is_reported(smoke):
     payload, _, stdout = smoke
     assert payload["torch"]["available"] is False
@@ -73,6 +75,7 @@ def test_smoke_missing_torch_is_reported(smoke):
     assert "torch not installed" in stdout
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_smoke_dense_rows_and_ratio(smoke):
     payload, _, _ = smoke
     case = payload["cases"]["1_dense"]
@@ -90,6 +93,7 @@ def test_smoke_dense_rows_and_ratio(smoke):
     assert default["value"] == pytest.approx(want)
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_smoke_dense_steps_per_call_rows(smoke):
     """make_step(steps_per_call=k) and the hand-written lax.scan at the quick k values: rows named by k, timed
     per call and reported per step, same first loss, the summary and goals (no torch: speedups unmeasured)."""
@@ -125,6 +129,7 @@ def test_smoke_dense_steps_per_call_rows(smoke):
     assert f"| {_steps.multi_lib_name('dense', ks[-1])} | {ks[-1]} |" in text
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_smoke_per_sample_agrees_with_loop(smoke):
     payload, _, _ = smoke
     checks = payload["cases"]["3_per_sample"]["checks"]
@@ -223,6 +228,7 @@ def test_chunked_flops_match_reference_estimate():
     assert f["hnet_fwd"] / 1e6 == pytest.approx(216.29, abs=0.01)
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_render_markdown(smoke, tmp_path):
     payload, _, _ = smoke
     text = "\n".join(_report.render(payload, "CPU"))

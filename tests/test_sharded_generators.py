@@ -12,6 +12,9 @@ import textwrap
 import numpy as np
 import pytest
 
+# one 8-device subprocess compiling every generator twice (~30-80 s): the multi-device profile, HYPERJAX_SLOW=1
+pytestmark = pytest.mark.slow
+
 KINDS = ["dense", "chunked", "per_layer", "low_rank", "scale_modulation", "rowwise", "codebook", "from_module"]
 
 CODE = textwrap.dedent("""

@@ -8,6 +8,7 @@ import pytest
 from benchmarks import compile_depth, modulation
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_compile_depth_quick_schema(tmp_path):
     payload = compile_depth.main(["--quick", "--results-dir", str(tmp_path)])
     record = json.loads((tmp_path / "compile_depth.json").read_text())
@@ -34,6 +35,7 @@ def test_compile_depth_quick_schema(tmp_path):
     assert ratios["lax_scan"]["hlo_chars"] < 1.05 < ratios["python_loop"]["hlo_chars"]
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_modulation_quick_schema(tmp_path):
     modulation.main(["--quick", "--results-dir", str(tmp_path)])
     record = json.loads((tmp_path / "modulation.json").read_text())
