@@ -44,7 +44,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 import hyperjax as hj
 import hyperjax.sharding as hjs
 
-SLOW = os.environ.get("HYPERJAX_FUZZ_SLOW", "") not in ("", "0")
+SLOW = any(os.environ.get(v, "") not in ("", "0") for v in ("HYPERJAX_SLOW", "HYPERJAX_FUZZ_SLOW"))
 SCALE = 10 if SLOW else 1
 CASES: collections.Counter = collections.Counter()
 NOTES: collections.Counter = collections.Counter()      # documented behaviour seen (e.g. inf conds -> non-finite)
