@@ -238,16 +238,19 @@ def stochastic(hnet: Any, *, noise_dim: int) -> Stochastic:
     Any generator of `hyperjax.generators` with vector conditioning works; a `Modulated` one (low_rank,
     scale_modulation) keeps its factorised path as `Stochastic.factors`. Train it on the mean loss of K
     samples per batch plus a diversity term, e.g. `kde_repulsion(flatten_members(...))` on the generated weights.
-    Raises: TypeError if `hnet` has no apply; ValueError if its apply does not take cond f[noise_dim]
+    Raises: TypeError if `hnet` is not a hypernetwork (no apply, or a TargetSpec); ValueError if its apply does not take cond f[noise_dim]
     (checked once with `jax.eval_shape`, nothing allocated).
     """
     who = "ensembles.stochastic"
     checks.hypernetwork(hnet, who)
+    if isinstance(hnet, TargetSpec):
+        raise TypeError(f"hyperjax.{who}: `hnet` must be a hypernetwork, got a TargetSpec; build a generator on it, "
+                        f"e.g. hyperjax.generators.scale_modulation(spec, cond_dim=noise_dim).")
     noise_dim = checks.positive_int(noise_dim, "noise_dim", who)
     try:
         abstract = jax.eval_shape(lambda: hnet.init(jax.random.key(0)))
         jax.eval_shape(hnet.apply, abstract, jax.ShapeDtypeStruct((noise_dim,), jnp.float32))
-    except (TypeError, ValueError) as err:
+    except Exception as err:   # the generator's own error says why; re-raised naming noise_dim
         raise ValueError(f"hyperjax.{who}: the generator must take a noise vector cond f[{noise_dim}] (build it with "
                          f"cond_dim={noise_dim}, num_conds=None); calling its apply on one failed: {err}") from err
     factors = hnet.factors if isinstance(hnet, Modulated) else None
@@ -276,8 +279,7 @@ def kde_repulsion(w: Array, bandwidth: float | Array | None = None) -> Array:
     k = w.shape[0]
     w = w.astype(jnp.float32)
     fixed = jax.lax.stop_gradient(w)
-    d2 = jnp.maximum(jnp.sum(jnp.square(w), 1)[:, None] + jnp.sum(jnp.square(fixed), 1)[None, :]
-                     - 2.0 * w @ fixed.T, 0.0)
+    d2 = jnp.sum(jnp.square(w[:, None, :] - fixed[None, :, :]), axis=-1)   # exact 0 for equal samples
     if bandwidth is None:
         off = jax.lax.stop_gradient(d2)[~np.eye(k, dtype=bool)]
         h = jnp.maximum(jnp.median(off) / np.log(k), 1e-12)
