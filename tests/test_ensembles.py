@@ -219,3 +219,19 @@ def test_errors_name_the_argument(spec, be_hparams, x):
                                      jnp.ones(3)), x)
     with pytest.raises(ValueError, match="one leading batch axis B"):
         E.members_apply(forward, E.batch_ensemble(spec, members=M).factors(be_hparams), jnp.float32(1.0))
+
+
+def test_benchmark_quick_schema(tmp_path):
+    from benchmarks import ensembles as bench
+
+    bench.main(["--quick", "--results-dir", str(tmp_path)])
+    import json
+    rec = json.loads((tmp_path / "ensembles.json").read_text())
+    c = rec["cases"]["8-6-3"]
+    assert rec["benchmark"] == "ensembles" and rec["quick"] is True and set(c["forward_ms"]) == set(bench.VARIANTS)
+    assert c["ratio_to_factorised"]["python_loop"] == pytest.approx(c["forward_ms"]["python_loop"]
+                                                                    / c["forward_ms"]["factorised"])
+    assert max(c["max_abs_diff_to_materialised"].values()) < 1e-5
+    assert c["deep_ensemble_params"] == 3 * (8 * 6 + 6 + 6 * 3 + 3)
+    assert c["hparams"] == 8 * 6 + 6 + 6 * 3 + 3 + 9 + 4 * (14 + 9)
+    assert "| case |" in (tmp_path / "ensembles.md").read_text()
