@@ -129,7 +129,8 @@ def check_equal(cfg: dict) -> float:
     xs = jax.random.normal(jax.random.key(4), (cfg["seq"], cfg["batch"], cfg["embed"]))
     carry = hj.recurrent.zero_state(params["cell"], (cfg["batch"],))
     run = jax.jit(lambda p, c, x, fn: jax.lax.scan(lambda s, v: fn(p, s, v), c, x)[1], static_argnums=3)
-    a, b = run(params["cell"], carry, xs, hj.recurrent.hyperlstm_cell), run(params["cell"], carry, xs, materialised_cell)
+    a = run(params["cell"], carry, xs, hj.recurrent.hyperlstm_cell)
+    b = run(params["cell"], carry, xs, materialised_cell)
     diff = float(jnp.max(jnp.abs(a - b)))
     if not diff < 1e-4:
         raise AssertionError(f"materialised_cell differs from hyperlstm_cell by {diff:.3g}")

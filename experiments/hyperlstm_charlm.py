@@ -293,12 +293,13 @@ def main(argv=None) -> dict:
     if set(MODELS) <= set(args.models):
         ratio = size["lstm"]["params"] / size["hyperlstm"]["params"]
         gap = metrics["lstm"]["test_bpc"] - metrics["hyperlstm"]["test_bpc"]
+        wins = [bool(h < l) for h, l in zip(metrics["hyperlstm"]["test_bpc_per_seed"],
+                                            metrics["lstm"]["test_bpc_per_seed"])]
         metrics.update({"params": {"lstm": size["lstm"]["params"], "hyperlstm": size["hyperlstm"]["params"],
                                    "ratio_lstm_over_hyperlstm": ratio},
                         "params_within_10pct": bool(abs(ratio - 1.0) <= 0.10),
                         "test_bpc_gap_lstm_minus_hyperlstm": gap,
-                        "hyperlstm_wins_per_seed": [bool(h < l) for h, l in zip(metrics["hyperlstm"]["test_bpc_per_seed"],
-                                                                                metrics["lstm"]["test_bpc_per_seed"])],
+                        "hyperlstm_wins_per_seed": wins,
                         "target_met": bool(gap > 0)})
     config = {**vars(args), "split_seed": SPLIT_SEED, "eval_rows": EVAL_ROWS}
     path = _common.write_json(args.out, NAME, config, metrics, curves=curves)
@@ -312,7 +313,8 @@ def main(argv=None) -> dict:
               + " ".join(f"{v:.4f}" for v in m["test_bpc_per_seed"]))
     print(f"wrote {path} and {png}")
     if "target_met" in metrics:
-        print(f"{NAME} [{len(seeds)} seeds, {args.steps} steps]: test bpc hyperlstm {metrics['hyperlstm']['test_bpc']:.4f} "
+        print(f"{NAME} [{len(seeds)} seeds, {args.steps} steps]: test bpc hyperlstm "
+              f"{metrics['hyperlstm']['test_bpc']:.4f} "
               f"vs lstm {metrics['lstm']['test_bpc']:.4f} (gap {metrics['test_bpc_gap_lstm_minus_hyperlstm']:+.4f}), "
               f"params ratio {metrics['params']['ratio_lstm_over_hyperlstm']:.3f}, {wall:.0f}s wall, "
               f"target {'met' if metrics['target_met'] else 'MISSED'}")

@@ -13,8 +13,8 @@ import hyperjax as hj
 from experiments import hyperlstm_charlm as charlm
 
 TINY = ["--steps", "6", "--eval-every", "3", "--steps-per-call", "3", "--seeds", "2", "--hidden", "8",
-        "--hyper-hidden", "4", "--emb-dim", "2", "--embed", "4", "--batch", "2", "--seq", "5", "--lr", "1e-2", "--warmup", "1", "--eval-chars", "400",
-        "--no-progress"]
+        "--hyper-hidden", "4", "--emb-dim", "2", "--embed", "4", "--batch", "2", "--seq", "5", "--lr", "1e-2",
+        "--warmup", "1", "--eval-chars", "400", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

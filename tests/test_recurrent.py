@@ -55,7 +55,8 @@ def test_init_shapes_counts_and_initial_scales():
     p = R.hyperlstm_init(jax.random.key(0), in_dim=IN, hidden=H, hyper_hidden=NH, emb_dim=E)
     shapes = jax.tree.map(jnp.shape, p)
     assert shapes["main"] == {"kernel_x": (IN, 4 * H), "kernel_h": (H, 4 * H), "bias": (4 * H,),
-                              "ln_gates": {"scale": (4 * H,), "bias": (4 * H,)}, "ln_cell": {"scale": (H,), "bias": (H,)}}
+                              "ln_gates": {"scale": (4 * H,), "bias": (4 * H,)},
+                              "ln_cell": {"scale": (H,), "bias": (H,)}}
     assert shapes["hyper"]["kernel_x"] == (IN + H, 4 * NH) and shapes["hyper"]["kernel_h"] == (NH, 4 * NH)
     assert shapes["proj"] == {"x": {"w_z": (NH, 4, E), "b_z": (4, E), "w_d": (4, E, H)},
                               "h": {"w_z": (NH, 4, E), "b_z": (4, E), "w_d": (4, E, H)},

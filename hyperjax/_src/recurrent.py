@@ -82,7 +82,7 @@ def lstm_init(key: PRNGKey, *, in_dim: int, hidden: int, dtype: DTypeLike = jnp.
     f[hidden]}; gates i, j, f, o along the last axis.
 
     Raises:
-      ValueError: in_dim or hidden is not a positive int.
+      ValueError: in_dim or hidden is not a positive int. TypeError: dtype is not a floating dtype.
     """
     who = "recurrent.lstm_init"
     in_dim, hidden = checks.positive_int(in_dim, "in_dim", who), checks.positive_int(hidden, "hidden", who)
@@ -111,7 +111,7 @@ def hyperlstm_init(key: PRNGKey, *, in_dim: int, hidden: int, hyper_hidden: int 
       so d_b = 0 at init. (The initialisation of the paper's reference implementation.)
 
     Raises:
-      ValueError: a size is not a positive int.
+      ValueError: a size is not a positive int. TypeError: dtype is not a floating dtype.
     """
     who = "recurrent.hyperlstm_init"
     in_dim, hidden = checks.positive_int(in_dim, "in_dim", who), checks.positive_int(hidden, "hidden", who)
