@@ -221,6 +221,7 @@ def test_errors_name_the_argument(spec, be_hparams, x):
         E.members_apply(forward, E.batch_ensemble(spec, members=M).factors(be_hparams), jnp.float32(1.0))
 
 
+@pytest.mark.slow   # a benchmark run (HYPERJAX_SLOW=1)
 def test_benchmark_quick_schema(tmp_path):
     from benchmarks import ensembles as bench
 
