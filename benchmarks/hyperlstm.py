@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import optax
 
 import hyperjax as hj
-import hyperjax.recurrent  # noqa: F401  (hj.recurrent until hyperjax/__init__ imports it)
 from benchmarks import _common
 
 NAME = "hyperlstm"

@@ -40,7 +40,6 @@ import numpy as np
 import optax
 
 import hyperjax as hj
-import hyperjax.recurrent  # noqa: F401  (hj.recurrent until hyperjax/__init__ imports it)
 from experiments import _common
 
 NAME = "hyperlstm_charlm"

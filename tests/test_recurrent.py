@@ -15,7 +15,6 @@ import pytest
 from jax.test_util import check_grads
 
 import hyperjax as hj
-import hyperjax.recurrent  # noqa: F401  (hj.recurrent until hyperjax/__init__ imports it)
 
 R = hj.recurrent
 IN, H, NH, E, T = 3, 5, 4, 4, 6      # E a power of two: 1/E sums to exactly 1
