@@ -4,7 +4,7 @@ A target network is a `TargetSpec` (hyperjax.targets); a hypernetwork is `HyperN
 (hyperjax.generators); training wires Optax (hyperjax.training).
 """
 
-from hyperjax import checkpoint, ensembles, generators, inr, recurrent, sharding, targets, testing, training, tying
+from hyperjax import checkpoint, continual, ensembles, generators, inr, recurrent, sharding, targets, testing, training, tying
 from hyperjax._src.checked import checked
 from hyperjax._src.paths import select
 from hyperjax._src.per_sample import generate_batch, per_sample
@@ -14,6 +14,6 @@ from hyperjax._src.types import HyperNetwork
 
 __version__ = "0.1.0"
 
-__all__ = ["HyperNetwork", "TargetSpec", "Tie", "Tied", "checked", "checkpoint", "ensembles", "generate_batch",
+__all__ = ["HyperNetwork", "TargetSpec", "Tie", "Tied", "checked", "checkpoint", "continual", "ensembles", "generate_batch",
            "generators", "inr", "per_sample", "recurrent", "select", "sharding", "targets", "testing", "tie", "training",
            "tying", "__version__"]
