@@ -87,7 +87,7 @@ def multihead(n_in: int, widths: Sequence[int], n_out: int, n_tasks: int):
 
     def apply(p, x, task):
         h = jax.nn.relu(trunk.apply(p["trunk"], x))
-        return h @ p["heads"]["w"][task] + p["heads"]["b"][task]
+        return h @ p["heads"]["w"][task] + p["heads"]["b"][task][None]
 
     return init, apply
 

@@ -325,6 +325,7 @@ def test_resume_after_a_crash_is_bitwise_the_same(hyper, tasks, uninterrupted, t
                           **{**RUN, "steps": 9})
 
 
+@pytest.mark.slow
 def test_ewc_context_and_runner_errors(tasks):
     def init(k):
         return {"w": jax.random.normal(k, (3, 6)) * 0.5, "h": jnp.zeros((3, 6, 2))}

@@ -558,6 +558,11 @@ def _steps_fns(method: Method, optimizer: optax.GradientTransformation, steps_pe
     return step1, stepk
 
 
+def _jitted(f: Callable) -> Callable:
+    """f itself when it is already a jitted function (a generator's init), else jax.jit(f): one compile."""
+    return f if callable(getattr(f, "lower", None)) else jax.jit(f)
+
+
 def _check_method(method: Any, who: str) -> Method:
     if not isinstance(method, Method):
         raise TypeError(f"hyperjax.{who}: `method` must be a hyperjax.continual.Method (from hypernet_method, "
@@ -610,7 +615,7 @@ def train_sequence(method: Method, tasks: Sequence[Task], optimizer: optax.Gradi
                   "user": _checkpoint._to_json(dict(config or {}), "config", who)}
 
     k_init, k_data = jax.random.split(key)
-    params = jax.jit(method.init)(k_init)
+    params = _jitted(method.init)(k_init)
     context = jax.jit(method.init_context)(params)
     step1, stepk = _steps_fns(method, optimizer, steps_per_call, who)
     evaluate = _evaluator(method, metric)
@@ -689,7 +694,7 @@ def train_joint(method: Method, tasks: Sequence[Task], optimizer: optax.Gradient
             raise ValueError(f"hyperjax.{who}: tasks[{i}] has {t.x_train.shape[0]} training examples, fewer than "
                              f"the {per_task} per task of batch_size={batch_size}; lower batch_size.")
     k_init, k_data = jax.random.split(key)
-    params = jax.jit(method.init)(k_init)
+    params = _jitted(method.init)(k_init)
     context = jax.jit(method.init_context)(params)
     ids = jnp.arange(n_tasks, dtype=jnp.int32)
 
