@@ -244,6 +244,21 @@ def single_leaf(chosen: Sequence[str], where: Any, who: str, need: str) -> str:
     return chosen[0]
 
 
+def non_negative_float(value: Any, option: str, who: str) -> float:
+    """`value` must be a finite Python/NumPy number >= 0 (0: the part starts switched off, e.g. init_scale).
+
+    Raises:
+      TypeError: not a real number (a bool, a string, None, an array).
+      ValueError: a number < 0, NaN or infinite.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"hyperjax.{who}: `{option}` must be a finite number >= 0, got {value!r} "
+                        f"({type(value).__name__}).")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"hyperjax.{who}: `{option}` must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
 def matrix_leaf(path: str, shape: Sequence[int], who: str, need: str) -> None:
     """A leaf generated row by row must be 2-D."""
     if len(shape) != 2:

@@ -255,12 +255,12 @@ def test_factorised_equals_materialised_property(widths, rank, mode, batch):
 @pytest.mark.parametrize("factory,kwargs,match", [
     (LR, {"rank": 0}, r"`rank` must be a positive int, got 0"),
     (LR, {"rank": -2}, r"`rank` must be a positive int, got -2"),
-    (LR, {"rank": 2, "where": "*/bias"}, r"leaf 'Dense_0/bias' has shape \(7,\), but low_rank needs a 2-D kernel"),
+    (LR, {"rank": 2, "where": "*/bias"}, r"leaf 'Dense_0/bias' \(7,\) is a bias of its layer, not a kernel"),
     (LR, {"rank": 2, "where": "Nope"}, r"`where`='Nope' matches no leaf"),
-    (LR, {"rank": 2, "init_scale": 0.0}, r"`init_scale` must be a positive finite number, got 0.0"),
+    (LR, {"rank": 2, "init_scale": -1.0}, r"`init_scale` must be a finite number >= 0, got -1.0"),
     (LR, {"rank": 2, "hidden": (4, 0)}, r"`hidden` must be a positive int, got 0"),
     (SM, {"mode": "diag"}, r"unknown `mode`='diag'; valid options are 'rowcol', 'row', 'col'"),
-    (SM, {"where": "Dense_1/*"}, r"leaf 'Dense_1/bias' has shape \(3,\), but scale_modulation needs a 2-D"),
+    (SM, {"where": "Dense_1/*"}, r"leaf 'Dense_1/bias' \(3,\) is a bias of its layer, not a kernel"),
 ])
 def test_bad_options_raise(factory, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -276,8 +276,8 @@ def test_bad_cond_dim_and_targets_raise():
     with pytest.raises(ValueError, match=r"`where`=matrices matches no leaf of the target. Available paths: b, "
                                          r"conv/kernel"):
         LR(conv, cond_dim=3, rank=2)
-    with pytest.raises(ValueError, match=r"leaf 'conv/kernel' has shape \(3, 3, 2, 4\), but low_rank needs a 2-D"):
-        LR(conv, cond_dim=3, rank=2, where="conv/kernel")
+    gen = LR(conv, cond_dim=3, rank=2, where="conv/kernel")      # a conv kernel: modulated as its 2-D view
+    assert gen.apply(gen.init(jax.random.key(0)), jnp.ones(3))["conv"]["kernel"].shape == (3, 3, 2, 4)
 
 
 def test_bad_matmul_inputs_raise(key):

@@ -43,7 +43,8 @@ class Core(NamedTuple):
 
 
 def matrices(path: str, leaf: Any) -> bool:
-    """Selector of every 2-D leaf: the default `where` of `low_rank` and `scale_modulation`."""
+    """Selector of every 2-D leaf: the default `where` of `low_rank` and `scale_modulation` (which keep, of
+    these, the kernels: a DenseGeneral's (heads, head_dim) bias is 2-D but not a kernel)."""
     return len(leaf.shape) == 2
 
 
@@ -315,7 +316,9 @@ def assemble(target: TargetSpec, paths: Sequence[str], core: Core, cond: Conditi
              who: str) -> HyperNetwork:
     """Core over `paths` + conditioning + ordinary params for the other leaves -> HyperNetwork.
 
-    init(key) -> {"hyper": ..., "embedding": ..., "base": ..., "direct": ...} (roles present only when used).
+    init(key) -> {"hyper": ..., "embedding": ..., "base": ..., "direct": ...} (roles present only when used);
+    the direct leaves start as the spec's base weights (`target.params`, e.g. pretrained) when it has them,
+    else as the target's own init.
     apply(hparams, cond=None, **call): checks hparams against the generator's own abstract init (tree,
     shapes, dtypes; at trace time), turns cond into the core's input, and joins generated and direct leaves.
     """
@@ -327,7 +330,8 @@ def assemble(target: TargetSpec, paths: Sequence[str], core: Core, cond: Conditi
         k_core, k_cond, k_direct = jax.random.split(key, 3)
         parts = [core.init(k_core), {"embedding": cond.init(k_cond, dtype)}]
         if direct:
-            leaves = _paths.leaves_with_paths(target.init(k_direct))
+            own = target.params if target.params is not None else target.init(k_direct)   # pretrained base
+            leaves = _paths.leaves_with_paths(own)
             parts.append({"direct": _paths.nest({p: l for p, l in leaves if p in set(direct)})})
         return _merge_roles(*parts)
 

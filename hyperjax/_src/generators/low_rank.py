@@ -32,13 +32,15 @@ def low_rank(target: TargetSpec, *, rank: int, cond_dim: int | None = None, num_
       rank: r > 0, the rank of the conditioned update (shared U, V; only the r scales s(c) depend on c).
       cond_dim, num_conds, z_dim: as in `dense` (cond_dim=None: static, one learned code f[z_dim]; traced
         out-of-range ids give NaN weights).
-      where: glob(s) or predicate choosing the modulated leaves, each 2-D; default `matrices` (every 2-D
-        leaf); None: every leaf (each must be 2-D).
+      where: glob(s) or predicate choosing the modulated leaves, each 2-D or an unstacked kernel of another
+        rank (DenseGeneral (d, heads, head_dim), conv: modulated as its 2-D view, U over n_in, V over n_out,
+        see `hyperjax.targets.as_matrix`); default `matrices` (every 2-D leaf); None: every leaf.
       hidden: hidden widths of the MLP cond -> [s_leaf1, s_leaf2, ...] (() for a linear map).
       init: "hyperfan_in" / "hyperfan_out": W0 ~ N(0, 1/fan_in) (1/fan_out) of its layer.
       init_scale: at init the update U diag(s(c)) V^T has entries of std init_scale times the leaf's
         init std (U, V ~ N(0, 1); the MLP's output layer is scaled to match; its bias is 0), for
-        unit-second-moment conditioning.
+        unit-second-moment conditioning; 0 makes W(c) = W0 exactly at init (the MLP's output layer is
+        zero; U, V are not, so the first gradient reaches it).
       activation, dtype: of the MLP; generated leaves are cast to the target's dtypes.
 
     hparams: {"base": {path parts: W0}, "hyper": {"mlp": [...], "u": {...: U}, "v": {...: V}},
@@ -50,7 +52,7 @@ def low_rank(target: TargetSpec, *, rank: int, cond_dim: int | None = None, num_
     """
     who = "generators.low_rank"
     rank = checks.positive_int(rank, "rank", who)
-    init_scale = checks.positive_float(init_scale, "init_scale", who)
+    init_scale = checks.non_negative_float(init_scale, "init_scale", who)
 
     def leaf_init(key, leaves: list[Leaf]):
         """U, V ~ N(0, 1) of every leaf, from one draw."""

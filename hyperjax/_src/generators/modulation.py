@@ -9,7 +9,8 @@ weight matrix:
                               W0 * b(c)[None, :] ("col"),  a, b = MLP(c)
 
 One MLP maps the conditioning vector to every modulation vector of every selected leaf. W0 starts as the
-target's own init of that leaf; U, V (low rank) are learned and shared by all conditions.
+target's own init of that leaf, or the spec's base weights when it has them (`from_linen(..., params=)`,
+pretrained); U, V (low rank) are learned and shared by all conditions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from hyperjax._src import checks
 from hyperjax._src import paths as _paths
 from hyperjax._src.generators import common
+from hyperjax._src import spec as _spec
 from hyperjax._src.spec import TargetSpec
 from hyperjax._src.types import Array, HParams, HyperNetwork, PRNGKey
 
@@ -109,13 +111,18 @@ def modulated_matmul(x: Array, w: Any) -> Array:
 
 # ---------------------------------------------------------------- shared builder
 class Leaf(NamedTuple):
-    """A modulated matrix: stored shape (rows, cols); n_in/n_out in x @ W orientation."""
+    """A modulated matrix: stored shape (rows, cols); n_in/n_out in x @ W orientation.
+
+    A kernel that is not 2-D (DenseGeneral (d, heads, head_dim), conv (kh, kw, c_in, c_out)) is modulated
+    through its 2-D view (`hyperjax.targets.as_matrix`): rows, cols = n_in, n_out and `view` is True.
+    """
 
     path: str
     rows: int
     cols: int
     transposed: bool    # out_in layout: stored (n_out, n_in)
     std: float          # the leaf's init std (hyperfan-in), the scale of the modulation at init
+    view: bool = False  # modulated as the 2-D view of a kernel of another rank
 
     @property
     def n_in(self) -> int:
@@ -139,11 +146,35 @@ class Kind(NamedTuple):
 
 
 def matrix_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
-    """`where` (None: every leaf) -> paths, each checked to be 2-D."""
+    """`where` (None: every leaf) -> paths, each a 2-D leaf or a kernel with a 2-D view and no stacked axis."""
     chosen = common.generated_paths(target, where, who)
+    if where is common.matrices:       # the default: 2-D kernels only, not a DenseGeneral's (heads, head_dim) bias
+        chosen = tuple(p for p in chosen if target.leaf_axes(p).kind in ("kernel", "embedding"))
+        if not chosen:
+            raise ValueError(f"hyperjax.{who}: the target has no 2-D kernel; select kernels with `where`.")
     for p in chosen:
-        checks.matrix_leaf(p, tuple(target.leaves[p].shape), who, who.rsplit(".", 1)[-1])
+        shape = tuple(target.leaves[p].shape)
+        ax = target.leaf_axes(p)
+        if ax.kind not in ("kernel", "embedding"):
+            raise ValueError(f"hyperjax.{who}: leaf '{p}' {shape} is a {ax.kind} of its layer, not a kernel; "
+                             f"{who.rsplit('.', 1)[-1]} modulates kernels. Select kernels with `where`.")
+        if len(shape) == 2 and not ax.stack:
+            continue
+        if ax.stack:
+            raise ValueError(f"hyperjax.{who}: leaf '{p}' {shape} stacks {len(ax.stack)} layer axes "
+                             f"{tuple(shape[a] for a in ax.stack)} (nn.scan / nnx.scan); {who.rsplit('.', 1)[-1]} "
+                             f"modulates one matrix per leaf. Use generators.per_layer for stacked layers, or "
+                             f"select unstacked kernels with `where`.")
     return chosen
+
+
+def _leaf(target: TargetSpec, path: str, std: float) -> Leaf:
+    shape = tuple(target.leaves[path].shape)
+    if len(shape) == 2:
+        return Leaf(path, *shape, target.layout == "out_in", std)
+    from hyperjax._src.spec import matrix_shape
+    _, n_in, n_out = matrix_shape(target, path)
+    return Leaf(path, n_in, n_out, False, std, True)
 
 
 def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, where: Any, hidden: Any, init: str,
@@ -154,7 +185,7 @@ def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, wher
     cond = common.conditioning(cond_dim, num_conds, who, static=common.LearnedCode(z_dim))
     hidden = checks.positive_ints(hidden, "hidden", who)
     _, std = common.leaf_moments(target, paths, init, who)
-    leaves = [Leaf(p, *target.leaves[p].shape, target.layout == "out_in", float(s)) for p, s in zip(paths, std)]
+    leaves = [_leaf(target, p, float(s)) for p, s in zip(paths, std)]
     counts = [kind.n_mod(l) for l in leaves]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     sizes = (cond.dim, *hidden, int(offsets[-1]))
@@ -166,7 +197,11 @@ def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, wher
     def core_init(key: PRNGKey) -> dict[str, Any]:
         k_base, k_mlp, k_extra = jax.random.split(key, 3)
         z = common.normals(k_base, [(l.rows, l.cols) for l in leaves], dtype)
-        base = {l.path: zl * jnp.asarray(l.std, dtype) for zl, l in zip(z, leaves)}
+        if target.params is not None:                  # a pretrained base: W0 is the given weights
+            given = target.leaf_dict(target.params)
+            base = {l.path: jnp.asarray(given[l.path], dtype) for l in leaves}
+        else:
+            base = {l.path: from_view(l, zl * jnp.asarray(l.std, dtype)) for zl, l in zip(z, leaves)}
         hyper: dict[str, Any] = {"mlp": common.mlp_init(k_mlp, sizes, dtype, out_std=out_std,
                                                         out_mean=out_mean if out_mean.any() else 0.0)}
         extra = kind.leaf_init(k_extra, leaves)
@@ -174,8 +209,13 @@ def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, wher
             hyper[name] = _paths.nest({p: e[name] for p, e in extra.items()})
         return {"hyper": hyper, "base": _paths.nest(base)}
 
+    def from_view(l: Leaf, w: Array) -> Array:
+        return _spec.from_matrix(target, l.path, w) if l.view else w
+
     def parts(hparams: HParams) -> tuple[dict[str, Array], dict[str, dict[str, Array]]]:
+        """-> ({path: W0 as a matrix (the 2-D view for other ranks)}, {path: the kind's extra params})."""
         base = _paths.unnest(hparams["base"], paths)
+        base = {l.path: _spec.as_matrix(target, l.path, base[l.path]) if l.view else base[l.path] for l in leaves}
         tables = {n: _paths.unnest(hparams["hyper"][n], paths) for n in kind.extra}
         extra = {p: {n: tables[n][p] for n in kind.extra} for p in paths}
         return base, extra
@@ -188,7 +228,7 @@ def build(target: TargetSpec, *, kind: Kind, cond_dim: Any, num_conds: Any, wher
         base, extra = parts(hparams)
         out = {}
         for l, m in zip(leaves, modulations(hparams, c)):
-            w = kind.materialise(base[l.path], extra[l.path], m, l)
+            w = from_view(l, kind.materialise(base[l.path], extra[l.path], m, l))
             out[l.path] = w.astype(target.leaves[l.path].dtype)
         return out
 
@@ -231,11 +271,13 @@ def scale_modulation(target: TargetSpec, *, cond_dim: int | None = None, num_con
         (W0 * b[None, :]). Rows and columns are those of the stored leaf: for Flax / Haiku kernels
         (in, out) "col" scales output units (FiLM's gamma) and "row" input features; for Equinox /
         PyTorch weights (out, in) the other way round.
-      where: glob(s) or predicate choosing the modulated leaves, each 2-D; default `matrices` (every 2-D
-        leaf); None: every leaf (each must be 2-D).
+      where: glob(s) or predicate choosing the modulated leaves, each 2-D or an unstacked kernel of another
+        rank (DenseGeneral, conv: modulated as its 2-D view, rows = n_in, cols = n_out, see
+        `hyperjax.targets.as_matrix`); default `matrices` (every 2-D leaf); None: every leaf.
       hidden: hidden widths of the MLP cond -> all scale vectors (() for a linear map).
       init: "hyperfan_in" / "hyperfan_out": W0 ~ N(0, 1/fan_in) (1/fan_out) of its layer.
-      init_scale: std of each scale around 1 at init (for unit-second-moment conditioning).
+      init_scale: std of each scale around 1 at init (for unit-second-moment conditioning); 0 starts every
+        scale at exactly 1, so W(c) = W0 for every c at init (the MLP's output layer is zero).
       activation, dtype: of the MLP; generated leaves are cast to the target's dtypes.
 
     hparams: {"base": {path parts: W0}, "hyper": {"mlp": [...]}, "embedding": ..., "direct": ...}. Trainable: sum of W0 sizes + MLP (cond_dim, *hidden, K) with K = sum over leaves of
@@ -246,7 +288,7 @@ def scale_modulation(target: TargetSpec, *, cond_dim: int | None = None, num_con
     """
     who = "generators.scale_modulation"
     mode = checks.one_of(mode, SCALE_MODES, "mode", who)
-    init_scale = checks.positive_float(init_scale, "init_scale", who)
+    init_scale = checks.non_negative_float(init_scale, "init_scale", who)
     use_rows, use_cols = mode in ("rowcol", "row"), mode in ("rowcol", "col")
 
     def n_mod(l: Leaf) -> int:
