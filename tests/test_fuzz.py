@@ -259,6 +259,8 @@ HIDDEN = {"hidden": [((), T), (3, T), ((2, 3), T), (0, F), ((-1,), F), ("a", F),
 ZDIM = {"z_dim": [(1, T), (3, T), (0, F), (None, F), (2.5, F)]}
 ACT = {"activation": [(jnp.tanh, T), (jax.nn.gelu, T)]}                       # non-callables: KNOWN["activation"]
 POS_FLOAT = [(0.1, T), (2, T), (0, F), (-1, F), (float("nan"), F), (float("inf"), F), (None, F), ("a", F)]
+NONNEG_FLOAT = [(0.1, T), (2, T), (0, T), (0.0, T), (-1, F), (float("nan"), F), (float("inf"), F), (None, F),
+                ("a", F)]
 
 OPTIONS = {
     "dense": {**COND, "where": WHERE_ALL, **INIT, **DTYPE, **HIDDEN, **ZDIM, **ACT},
@@ -272,10 +274,10 @@ OPTIONS = {
                   "stack_axes": [(0, T), (1, D), (-1, F), (2.0, F), (None, F), (True, F), (5, F)],
                   "kernels": [("auto", T), ("dense", D), ("conv", F), ("x", F), (None, F)]},
     "low_rank": {**COND, "where": WHERE_2D, **INIT, **DTYPE, **HIDDEN, **ZDIM, **ACT,
-                 "rank": [(1, T), (3, T), (0, F), (-1, F), (None, F), (2.5, F)], "init_scale": POS_FLOAT},
+                 "rank": [(1, T), (3, T), (0, F), (-1, F), (None, F), (2.5, F)], "init_scale": NONNEG_FLOAT},
     "scale_modulation": {**COND, "where": WHERE_2D, **INIT, **DTYPE, **HIDDEN, **ZDIM, **ACT,
                          "mode": [("rowcol", T), ("row", T), ("col", T), ("x", F), (None, F)],
-                         "init_scale": POS_FLOAT},
+                         "init_scale": NONNEG_FLOAT},
     "rowwise": {**COND, "where": WHERE_ROW, **INIT, **DTYPE, **HIDDEN, **ACT,
                 "emb_dim": [(None, D), (2, D), (0, D), (-1, D)],          # D: decided by _rowwise_validity
                 "feature_emb": [(None, D), (np.ones((3, 2), np.float32), D), (np.ones((4, 2), np.float32), D),
