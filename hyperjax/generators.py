@@ -11,8 +11,10 @@ from hyperjax._src.generators.codebook import (codebook, codebook_entropy, codeb
                                                codebook_usage_kl)
 from hyperjax._src.generators.common import DEFAULT_HIDDEN, matrices, ROLES
 from hyperjax._src.generators.dense import dense
+from hyperjax._src.generators.factorised import factorised_apply
+from hyperjax._src.generators.lora import lora
 from hyperjax._src.generators.low_rank import low_rank
-from hyperjax._src.generators.modulation import (LowRankFactors, Modulated, modulated_matmul, ScaleFactors,
+from hyperjax._src.generators.modulation import (LoRAFactors, LowRankFactors, Modulated, modulated_matmul, ScaleFactors,
                                                  scale_modulation)
 from hyperjax._src.generators.module import from_module, num_outputs
 from hyperjax._src.generators.partial import partial
@@ -20,8 +22,9 @@ from hyperjax._src.generators.per_layer import per_layer, per_layer_param_count
 from hyperjax._src.generators.rowwise import rowwise, rowwise_param_count
 
 FACTORIES = ("dense", "chunked", "per_layer", "low_rank", "scale_modulation", "rowwise", "codebook")
+ADAPTERS = ("lora",)   # generators of adapters on a (pretrained) base
 
-__all__ = ["DEFAULT_HIDDEN", "FACTORIES", "LowRankFactors", "Modulated", "ROLES", "ScaleFactors", "chunked",
+__all__ = ["ADAPTERS", "DEFAULT_HIDDEN", "FACTORIES", "LoRAFactors", "LowRankFactors", "Modulated", "ROLES", "ScaleFactors", "chunked",
            "codebook", "codebook_entropy", "codebook_export", "codebook_usage", "codebook_usage_kl", "dense",
-           "from_module", "low_rank", "matrices", "modulated_matmul", "num_outputs", "partial", "per_layer",
+           "factorised_apply", "from_module", "lora", "low_rank", "matrices", "modulated_matmul", "num_outputs", "partial", "per_layer",
            "per_layer_param_count", "rowwise", "rowwise_param_count", "scale_modulation"]

@@ -241,7 +241,7 @@ def test_labels_of_generator_hparams_are_their_roles(joint):
     assert got == {"direct": {"Dense_0": {"bias": "direct"}, "Dense_1": {"bias": "direct"}},
                    "embedding": {"chunk_emb": "embedding", "cond_emb": "embedding"},
                    "hyper": {"mlp": [hyper, hyper]}}
-    assert hj.training.LABELS == ("hyper", "embedding", "base", "direct")
+    assert hj.training.LABELS == ("hyper", "embedding", "base", "direct", "frozen")
 
 
 def test_labels_first_role_component_from_the_root():

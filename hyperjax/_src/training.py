@@ -21,8 +21,9 @@ from hyperjax._src.types import Array, PRNGKey
 
 # The roles of a generator's hparams, its top-level keys (the generators build that layout):
 #   "hyper" generator weights, "embedding" learned embeddings, "base" modulated base weights,
-#   "direct" ordinary target params that are not generated.
-LABELS = ("hyper", "embedding", "base", "direct")
+#   "direct" ordinary target params that are not generated, "frozen" weights read but never trained (lora's
+#   pretrained base; multi_optimizer gives them optax.set_to_zero unless told otherwise).
+LABELS = ("hyper", "embedding", "base", "direct", "frozen")
 _FALLBACK = "direct"
 
 Rules = Sequence[tuple[_paths.Where, str]]
@@ -117,7 +118,7 @@ def labels(tree: Any, rules: Rules | None = None) -> Any:
 
     tree: any pytree, e.g. hparams {"hyper": ..., "embedding": ..., "base": ..., "direct": ...}.
     Returns a pytree of the same structure with one str per leaf: the first component of the leaf's path
-    (from the root) that is one of LABELS = ("hyper", "embedding", "base", "direct"); a leaf with none
+    (from the root) that is one of LABELS = ("hyper", "embedding", "base", "direct", "frozen"); a leaf with none
     (ordinary params, e.g. a tied target's free params trained directly) is "direct".
     rules: optional (glob, label) pairs (a glob, a list of globs or a `(path, leaf) -> bool` predicate, see
     `hyperjax.select`) tried first, first match wins; leaves no rule matches keep their role label.
@@ -141,7 +142,8 @@ def multi_optimizer(transforms: Mapping[str, optax.GradientTransformation],
                     rules: Rules | None = None) -> optax.GradientTransformation:
     """One Optax transform with its own optimizer per label: `optax.partition(transforms, labels(., rules))`.
 
-    transforms: {label: transform}, e.g. {"hyper": adam(1e-4), "embedding": adam(1e-3), "direct": sgd(1e-2)}.
+    transforms: {label: transform}, e.g. {"hyper": adam(1e-4), "embedding": adam(1e-3), "direct": sgd(1e-2)};
+      "frozen" (lora's pretrained base) defaults to `optax.set_to_zero()`: never updated, no optimizer state.
     rules: as for `labels` (custom labels, e.g. ("hyper/mlp/0/*", "first")).
 
     Raises:
@@ -160,13 +162,16 @@ def multi_optimizer(transforms: Mapping[str, optax.GradientTransformation],
         _optimizer(t, f"transforms[{name!r}]", who)
     _compile_rules(rules, who)   # malformed rules raise now, not at init
 
+    transforms = dict(transforms)
+    transforms.setdefault("frozen", optax.set_to_zero())     # frozen weights: no update, no optimizer state
+
     def label_fn(params: Any) -> Any:
         tree = labels(params, rules)
         missing = sorted(set(jax.tree.leaves(tree)) - set(transforms))
         if missing:
             raise ValueError(f"hyperjax.{who}: no transform for label(s) {missing}; given: {sorted(transforms)}.")
         return tree
-    return optax.partition(dict(transforms), label_fn)
+    return optax.partition(transforms, label_fn)
 
 
 _NORM_ROW = 1024

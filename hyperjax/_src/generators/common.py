@@ -8,6 +8,7 @@ A generator *core* emits a subset of the target's leaves as {path: leaf}; `assem
   "embedding"  learned embeddings (cond_emb per id, the static code, chunk_emb, layer_emb, feature_emb)
   "base"       shared base weights that are modulated (low_rank, scale_modulation)
   "direct"     the target's ordinary params that are not generated, nested by path parts
+  "frozen"     weights that are read but never trained (lora's pretrained base: behind stop_gradient)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hyperjax._src.spec import select_paths, TargetSpec
 from hyperjax._src.types import Array, HParams, HyperNetwork, PRNGKey
 
 INITS = ("hyperfan_in", "hyperfan_out")
-ROLES = ("hyper", "embedding", "base", "direct")
+ROLES = ("hyper", "embedding", "base", "direct", "frozen")
 DEFAULT_HIDDEN = (100,)     # hidden widths of every built-in generator MLP
 DEFAULT_Z_DIM = 8           # size of the learned code of a static dense / chunked / modulation generator
 

@@ -58,6 +58,20 @@ class ScaleFactors(NamedTuple):
     scale_out: Array | None
 
 
+class LoRAFactors(NamedTuple):
+    """x @ W(c) = x @ base + scale * ((x @ a) @ b), in "x @ W" orientation (the kernel's 2-D view).
+
+    base: f[*stack, n_in, n_out]; a: f[..., *stack, n_in, rank]; b: f[..., *stack, rank, n_out], the leading
+    axes one condition per example (none for a single condition); scale: alpha / rank. `stack` are the
+    kernel's stacked-layer axes (`nn.scan`), empty for an ordinary kernel.
+    """
+
+    base: Array
+    a: Array
+    b: Array
+    scale: Any
+
+
 class Modulated(NamedTuple):
     """A hypernetwork over a shared base with a factorised path: `(init, apply, factors)`.
 
@@ -81,7 +95,8 @@ class Modulated(NamedTuple):
 
 
 def modulated_matmul(x: Array, w: Any) -> Array:
-    """x @ W for a plain kernel f[n_in, n_out], or for LowRankFactors / ScaleFactors without materialising W.
+    """x @ W for a plain kernel f[n_in, n_out], or for LowRankFactors / ScaleFactors / LoRAFactors (unstacked)
+    without materialising W.
 
     x: f[..., n_in]; the per-example parts of the factors must have the same leading axes as x (f[B, rank]
     for x: f[B, n_in]; f[rank] for a single x: f[n_in], e.g. inside jax.vmap). Returns f[..., n_out].
@@ -91,6 +106,17 @@ def modulated_matmul(x: Array, w: Any) -> Array:
     if isinstance(w, LowRankFactors):
         checks.batch_prefix(jnp.shape(x), jnp.shape(w.s), w.base.shape[0], "low-rank scales `s`", who)
         return x @ w.base + ((x @ w.u) * w.s) @ w.v.T
+    if isinstance(w, LoRAFactors):
+        if jnp.ndim(w.base) != 2:
+            raise ValueError(f"hyperjax.{who}: the LoRA factors are of a stacked kernel (base "
+                             f"{tuple(jnp.shape(w.base))}); index one layer first, or run the model with "
+                             f"hyperjax.generators.factorised_apply.")
+        if jnp.ndim(w.a) > 2:                 # per-example adapters: the same leading axes as x
+            checks.batch_prefix(jnp.shape(x), jnp.shape(w.a)[:-1], w.base.shape[0], "LoRA factor `a`", who)
+        else:                                 # one adapter for every row of x
+            checks.batch_prefix(jnp.shape(x), (*jnp.shape(x)[:-1], 1), w.base.shape[0], "LoRA factor `a`", who)
+        t = jnp.einsum("...i,...ir->...r", x, w.a)
+        return x @ w.base + w.scale * jnp.einsum("...r,...ro->...o", t, w.b)
     if isinstance(w, ScaleFactors):
         if w.scale_in is not None:
             checks.batch_prefix(jnp.shape(x), jnp.shape(w.scale_in), w.base.shape[0], "input scales", who)
