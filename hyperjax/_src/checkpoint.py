@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -599,7 +600,9 @@ def export(path: str | os.PathLike, params: Any, *, target: TargetSpec | None = 
     """Write target params (e.g. `hnet.apply(hparams, cond)`) as a plain Orbax checkpoint at `path`.
 
     The tree is stored as a nested dict keyed by leaf path parts (for linen params: the same dict), so
-    it loads without hyperjax: `orbax.checkpoint.StandardCheckpointer().restore(path)`. Returns the absolute
+    it loads without hyperjax: `orbax.checkpoint.StandardCheckpointer().restore(path)`, and the unmodified
+    linen model runs on it (`model.apply({"params": restored}, x)`); Flax metadata boxes (`nn.Partitioned`,
+    e.g. `spec.rebox(params)`) are stored as their arrays (`spec.rebox(restored)` puts them back). Returns the absolute
     path. The write is atomic (tmp dir + rename).
 
     target: the spec the params are for. Needed for a tied spec (`hj.tie`): its params (and a generator's
@@ -615,6 +618,7 @@ def export(path: str | os.PathLike, params: Any, *, target: TargetSpec | None = 
         does not match `target` (naming the path).
     """
     who = "hyperjax.checkpoint.export"
+    params = _unboxed(params)
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{who}: {path} exists; pass overwrite=True to replace it.")
@@ -642,6 +646,19 @@ def export(path: str | os.PathLike, params: Any, *, target: TargetSpec | None = 
         ckptr.save(path, _paths.nest({p: jnp.asarray(x) for p, x in items}), force=overwrite)
         ckptr.wait_until_finished()
     return path
+
+
+def _unboxed(tree: Any) -> Any:
+    """Flax metadata boxes (`nn.Partitioned` of `nn.with_logical_partitioning`, e.g. `spec.rebox(params)`) ->
+    their arrays: Orbax would store a box's fields ('.../kernel/value'), which the model's apply then rejects."""
+    if "flax" not in sys.modules:
+        return tree
+    from flax.core import meta
+
+    is_box = lambda x: isinstance(x, meta.AxisMetadata)
+    if not any(is_box(x) for x in jax.tree.leaves(tree, is_leaf=is_box)):
+        return tree
+    return meta.unbox(tree)
 
 
 def load_export(path: str | os.PathLike, like: Any = None) -> Any:

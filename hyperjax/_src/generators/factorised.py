@@ -206,4 +206,5 @@ def _scaled(mod, next_fun, call_args, call_kwargs, x, x2, axes, rest, feats, ext
     so = _expand(so, nb, len(rest) - nb).reshape(*so.shape[:nb], *(1,) * (len(rest) - nb), *feats).astype(y.dtype)
     if bias is None:
         return y * so
+    bias = bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape).astype(y.dtype)
     return (y - bias) * so + bias

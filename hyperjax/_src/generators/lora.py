@@ -236,10 +236,13 @@ def lora(target: TargetSpec, *, rank: int, cond_dim: int | None = None, num_cond
             members = classes[key]
             rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
             e = emb[rows]                                             # f[m, layer_emb_dim]
-            x = jnp.concatenate([jnp.broadcast_to(c, (len(rows), c.shape[-1])), e], axis=-1)
-            h = activation(common.mlp_apply(hparams["hyper"]["trunk"], x, activation)) if hidden else x
             head = hparams["hyper"]["heads"][f"g{g}"]
-            (a, b), = split_ab(h @ head["w"] + head["b"], [leaves[members[0]]], (len(rows),))
+
+            def one(e_m: Array, head=head) -> Array:
+                x = jnp.concatenate([c, e_m])
+                h = activation(common.mlp_apply(hparams["hyper"]["trunk"], x, activation)) if hidden else x
+                return h @ head["w"] + head["b"]
+            (a, b), = split_ab(jax.vmap(one)(e), [leaves[members[0]]], (len(rows),))
             bounds = np.cumsum([leaves[i].copies for i in members])[:-1].tolist()
             for i, ai, bi in zip(members, jnp.split(a, bounds), jnp.split(b, bounds)):
                 l = leaves[i]
