@@ -163,15 +163,25 @@ def multi_optimizer(transforms: Mapping[str, optax.GradientTransformation],
     _compile_rules(rules, who)   # malformed rules raise now, not at init
 
     transforms = dict(transforms)
-    transforms.setdefault("frozen", optax.set_to_zero())     # frozen weights: no update, no optimizer state
+    with_frozen = {"frozen": optax.set_to_zero(), **transforms}   # frozen weights: no update, no optimizer state
 
     def label_fn(params: Any) -> Any:
         tree = labels(params, rules)
-        missing = sorted(set(jax.tree.leaves(tree)) - set(transforms))
+        missing = sorted(set(jax.tree.leaves(tree)) - set(with_frozen))
         if missing:
             raise ValueError(f"hyperjax.{who}: no transform for label(s) {missing}; given: {sorted(transforms)}.")
         return tree
-    return optax.partition(transforms, label_fn)
+
+    def partition(frozen: bool) -> optax.GradientTransformation:
+        return optax.partition(with_frozen if frozen else transforms, label_fn)
+
+    def init(params: Any) -> Any:
+        return partition("frozen" in jax.tree.leaves(label_fn(params))).init(params)
+
+    def update(updates: Any, state: Any, params: Any = None) -> Any:
+        return partition("frozen" in state.inner_states).update(updates, state, params)
+    # exactly optax.partition(transforms, labels) unless a leaf is labelled "frozen" and none is given for it
+    return optax.GradientTransformation(init, update)
 
 
 _NORM_ROW = 1024

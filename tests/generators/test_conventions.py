@@ -28,10 +28,21 @@ SPEC = hj.testing.mlp_spec((4, 6, 3))
 
 
 def test_every_public_factory_is_listed():
-    """FACTORIES names every function of hj.generators that takes a `target` first and returns a generator."""
+    """FACTORIES and ADAPTERS name every function of hj.generators that takes a `target` first and returns a
+    generator (num_outputs counts, factorised_apply runs the target)."""
     public = {n for n in G.__all__ if callable(getattr(G, n)) and not isinstance(getattr(G, n), type)}
     takes_target = {n for n in public if next(iter(inspect.signature(getattr(G, n)).parameters), None) == "target"}
-    assert takes_target - {"num_outputs"} == set(G.FACTORIES)
+    assert takes_target - {"num_outputs", "factorised_apply"} == set(G.FACTORIES) | set(G.ADAPTERS)
+
+
+def test_adapters_follow_the_convention_except_init():
+    """lora: target first, keyword-only options, the shared cond_dim / num_conds / where / dtype (its A, B are
+    LoRA's init, not hyperfan: no `init`)."""
+    params = list(inspect.signature(G.lora).parameters.values())
+    assert params[0].name == "target" and all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
+    names = {p.name: p.default for p in params}
+    assert names["cond_dim"] is None and names["num_conds"] is None and names["where"] is None
+    assert "dtype" in names and "init" not in names
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=G.FACTORIES)
