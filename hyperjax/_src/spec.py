@@ -131,6 +131,8 @@ class TargetSpec:
         weights: always for concrete NNX and Equinox modules, for linen and Haiku when given as `params=`;
         None otherwise. Generators that build on a base (low_rank, scale_modulation, the direct leaves)
         and a training script can start from them.
+      module_fn: `module_fn(params) -> the live module` (NNX: the merged module, a fresh one per call), for
+        code that swaps layers before calling it (`hyperjax.generators.factorised_apply`); None otherwise.
 
     Raises (at construction):
       TypeError: a leaf is not a `jax.ShapeDtypeStruct`, or apply_fn / init_fn is neither callable nor None.
@@ -148,6 +150,7 @@ class TargetSpec:
     params: Any = None
     axes: Mapping[str, LeafAxes] | None = None
     rebox_fn: Callable[[Params], Any] | None = None
+    module_fn: Callable[[Params], Any] | None = None
 
     def __post_init__(self) -> None:   # validation only: every field is final as given
         who = "hyperjax.TargetSpec"
@@ -449,13 +452,15 @@ def spec_from_params(apply_fn: Callable[..., Any] | None, example_params: Any, *
                      framework: str = "function", abstract_state: Any = None,
                      init_state_fn: Callable[[PRNGKey], Any] | None = None, params: Any = None,
                      axes: Mapping[str, LeafAxes] | None = None,
-                     rebox_fn: Callable[[Params], Any] | None = None) -> TargetSpec:
+                     rebox_fn: Callable[[Params], Any] | None = None,
+                     module_fn: Callable[[Params], Any] | None = None) -> TargetSpec:
     """The one way a TargetSpec is built: from `apply_fn(params, *args)` and example params (arrays or
     ShapeDtypeStructs, only their shapes and dtypes are kept).
 
     Without `init_fn`, `init(key)` draws LeCun-normal kernels and PyTorch-style uniform vectors
     using `TargetSpec.init_moments`. `params`: base weights kept as `spec.params` (checked against the tree).
-    `axes`: {path: LeafAxes} for leaves whose axes the shape alone does not tell; `rebox_fn`: see TargetSpec.
+    `axes`: {path: LeafAxes} for leaves whose axes the shape alone does not tell; `rebox_fn`, `module_fn`: see
+    TargetSpec.
 
     Raises:
       TypeError: apply_fn / init_fn not callable.
@@ -466,7 +471,8 @@ def spec_from_params(apply_fn: Callable[..., Any] | None, example_params: Any, *
     return TargetSpec(apply_fn=apply_fn, leaves=leaves, treedef=treedef, init_fn=init_fn, layout=layout,
                       framework=framework, abstract_state=None if abstract_state is None else _abstract(abstract_state),
                       init_state_fn=init_state_fn, params=params,
-                      axes=None if axes is None else types.MappingProxyType(dict(axes)), rebox_fn=rebox_fn)
+                      axes=None if axes is None else types.MappingProxyType(dict(axes)), rebox_fn=rebox_fn,
+                      module_fn=module_fn)
 
 
 def _moment_init(spec: TargetSpec, key: PRNGKey) -> Params:

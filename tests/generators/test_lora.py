@@ -351,3 +351,39 @@ def test_factorised_apply_errors_name_the_leaf():
 def cnn_input_shape(spec):
     """The example input shape of hj.testing.cnn_spec (its first conv's spatial size and channels)."""
     return (4, 4, 1)
+
+
+# ---------------------------------------------------------------- NNX: the adapted layers swapped
+def nnx_case():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        """nnx.MultiHeadAttention (LinearGeneral q/k/v/out) and an nnx.List of Linear layers."""
+
+        def __init__(self, rngs):
+            self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=rngs)
+            self.layers = nnx.List([nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 4, rngs=rngs)])
+
+        def __call__(self, x):
+            h = x + self.attn(x)
+            return self.layers[1](jax.nn.relu(self.layers[0](h)))
+    return hj.targets.from_nnx(Net(nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("kind", ["lora", "low_rank", "scale_modulation"])
+def test_nnx_factorised_apply_swaps_the_layers_and_equals_materialised(kind):
+    spec = nnx_case()
+    x = jax.random.normal(jax.random.key(1), (3, 5, 8))
+    conds = jax.random.normal(jax.random.key(2), (3, 4))
+    where = ["attn/*/kernel", "layers/*/kernel"]
+    gen = {"lora": lambda: G.lora(spec, rank=2, cond_dim=4, where=where),
+           "low_rank": lambda: G.low_rank(spec, rank=2, cond_dim=4, where=where),
+           "scale_modulation": lambda: G.scale_modulation(spec, cond_dim=4, where=where, init_scale=0.3)}[kind]()
+    hp = nudge(gen.init(jax.random.key(0)), scale=0.05)
+    want = jax.vmap(lambda c, xi: spec.apply(gen.apply(hp, c), xi[None])[0])(conds, x)
+    for jit in (False, True):
+        f = lambda h: G.factorised_apply(spec, gen.factors(h, conds), x)
+        got = (jax.jit(f) if jit else f)(hp)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert float(jnp.abs(want - spec.apply(spec.params, x)).max()) > 1e-3
+    np.testing.assert_array_equal(spec.apply(spec.params, x), spec.apply(spec.params, x))   # the module untouched

@@ -8,9 +8,11 @@ shared base kernels and adds, inside every adapted `nn.Dense` / `nn.DenseGeneral
   low rank   y = x W0 + b + ((x U) * s) V^T            s: f[B, r] per example
   scale      y = ((x * a) W0) * b' + b                 a: f[B, n_in], b': f[B, n_out] per example
 
-The per-example parts travel as extra entries beside each adapted kernel in the params collection
-('kernel:hyperjax_a', ...), with a stacked kernel's layer axes first, so `nn.scan` slices them per layer like
-the kernel itself; the interceptor reads them from the calling module. The model code is not changed.
+Linen: the per-example parts travel as extra entries beside each adapted kernel in the params collection
+('kernel:hyperjax_lora_a', ...), with a stacked kernel's layer axes first, so `nn.scan` slices them per layer
+like the kernel itself; the interceptor reads them from the calling module. NNX: the module is merged on the
+base kernels and its adapted nnx.Linear / nnx.LinearGeneral layers are swapped for factorised ones. The model
+code is not changed in either case.
 """
 
 from __future__ import annotations
@@ -88,51 +90,100 @@ def _expand(v: Array, nb: int, n_mid: int) -> Array:
     return v.reshape(*v.shape[:nb], *(1,) * n_mid, v.shape[-1])
 
 
-def factorised_apply(target: TargetSpec, factors: Any, *args: Any, **kwargs: Any) -> Any:
-    """`target`'s model run on `factors` (from `Modulated.factors`): the output of the materialised per-example
-    weights, computed as x W0 plus a per-example low-rank / scale term inside each adapted Dense layer.
+def _layer_output(call: Any, x: Array, axes: tuple[int, ...], feats: tuple[int, ...], extra: dict[str, Array],
+                  bias: Array | None, path: str, who: str) -> Array:
+    """One adapted layer: `call(x)` is the layer on the base kernel; adds (or applies) the per-example term."""
+    rest_axes = tuple(a for a in range(x.ndim) if a not in axes)
+    rest = tuple(x.shape[a] for a in rest_axes)
+    n_in = math.prod(x.shape[a] for a in axes)
+    x2 = jnp.transpose(x, (*rest_axes, *axes)).reshape(*rest, n_in)
+    if "scale_in" in extra or "scale_out" in extra:
+        si, so = extra.get("scale_in"), extra.get("scale_out")
+        if si is not None:
+            nb = si.ndim - 1
+            _batch_axes(path, rest, si.shape[:nb], who)
+            xs = (x2 * _expand(si, nb, len(rest) - nb).astype(x2.dtype)).reshape(*rest, *(x.shape[a] for a in axes))
+            x = jnp.transpose(xs, tuple(int(i) for i in np.argsort((*rest_axes, *axes))))
+        y = call(x)
+        if so is None:
+            return y
+        nb = so.ndim - 1
+        _batch_axes(path, rest, so.shape[:nb], who)
+        so = so.reshape(*so.shape[:nb], *(1,) * (len(rest) - nb), *feats).astype(y.dtype)
+        if bias is None:
+            return y * so
+        bias = bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape).astype(y.dtype)
+        return (y - bias) * so + bias
+    y = call(x)
+    if "lora_a" in extra:
+        a, b = extra["lora_a"], extra["lora_b"]
+        nb = a.ndim - 2
+        _batch_axes(path, rest, a.shape[:nb], who)
+        t = jnp.einsum("...mi,...ir->...mr", x2.reshape(*rest[:nb], -1, n_in), a.astype(y.dtype))
+        delta = jnp.einsum("...mr,...ro->...mo", t, b.astype(y.dtype))
+    else:
+        u, s, v = extra["lr_u"], extra["lr_s"], extra["lr_v"]
+        nb = s.ndim - 1
+        _batch_axes(path, rest, s.shape[:nb], who)
+        delta = ((x2 @ u.astype(y.dtype)) * _expand(s, nb, len(rest) - nb).astype(y.dtype)) @ v.T.astype(y.dtype)
+    return y + delta.reshape(*rest, *feats)
 
-    target: a linen spec (`from_linen`); factors: `hnet.factors(hparams, conds)` with conds f[B, cond_dim] (or
-      ids (B,)): the model's inputs must have the batch axis B first; or `hnet.factors(hparams, cond)` with one
-      cond (one adapter for every example). args, kwargs: the model's inputs, as for `target.apply`.
-    Returns what `target.apply` returns. Works under jit, grad and vmap; stacked (`nn.scan`) kernels take LoRA
-    factors (sliced per layer with the kernel).
 
-    Raises:
-      TypeError: a non-linen target, or `factors` without any factor leaf.
-      ValueError: factors of another tree; an adapted leaf that is not the kernel of an nn.Dense / nn.DenseGeneral
-        call (naming it: use the materialised per-example path `hyperjax.per_sample`); inputs whose leading axes
-        differ from the factors' batch axes.
-    """
-    import flax.linen as nn
-
-    who = "generators.factorised_apply"
-    if not isinstance(target, TargetSpec) or target.framework != "linen" or target.abstract_state is not None:
-        raise TypeError(f"hyperjax.{who}: needs a linen TargetSpec without state (from_linen); got "
-                        f"{getattr(target, 'framework', type(target).__name__)}. For other frameworks use "
-                        f"hyperjax.generators.modulated_matmul in the model, or the materialised hyperjax.per_sample.")
+def _split_factors(target: TargetSpec, factors: Any, who: str) -> tuple[dict[str, Any], dict[str, dict[str, Array]]]:
+    """factors -> ({path: leaf with the base kernels}, {adapted kernel path: its extra arrays})."""
     flat, treedef = jax.tree_util.tree_flatten(factors, is_leaf=_is_factors)
     if treedef != target.treedef:
         raise ValueError(f"hyperjax.{who}: `factors` must have the target's tree (from hnet.factors(hparams, conds) "
                          f"of a generator built for this target), with {len(target.paths)} leaves; got "
                          f"{len(flat)}.")
-    leaves: dict[str, Any] = {}
-    adapted: dict[str, str] = {}                      # module path -> leaf path
+    leaves, extras = {}, {}
     for path, f in zip(target.paths, flat):
         if not _is_factors(f):
             leaves[path] = f
             continue
         if path.rsplit("/", 1)[-1] != "kernel":
             raise ValueError(f"hyperjax.{who}: leaf '{path}' is not a layer's 'kernel'; factorised apply adds its "
-                             f"term inside nn.Dense / nn.DenseGeneral calls. Use hyperjax.per_sample (materialised).")
-        kernel, extras = _extras(target, path, f, who)
-        leaves[path] = kernel
-        for name, value in extras.items():
-            leaves[f"{path.rsplit('/', 1)[0]}/{_TAG}{name}"] = value
-        adapted[path.rsplit("/", 1)[0]] = path
-    if not adapted:
+                             f"term inside Dense / Linear layer calls. Use hyperjax.per_sample (materialised).")
+        leaves[path], extras[path] = _extras(target, path, f, who)
+    if not extras:
         raise TypeError(f"hyperjax.{who}: `factors` has no LoRAFactors / LowRankFactors / ScaleFactors leaf; for "
                         f"ordinary params call target.apply(params, ...).")
+    return leaves, extras
+
+
+def factorised_apply(target: TargetSpec, factors: Any, *args: Any, **kwargs: Any) -> Any:
+    """`target`'s model run on `factors` (from `Modulated.factors`): the output of the materialised per-example
+    weights, computed as x W0 plus a per-example low-rank / scale term inside each adapted layer.
+
+    target: a linen spec (`from_linen`: the adapted kernels' `nn.Dense` / `nn.DenseGeneral` calls are intercepted
+      with `nn.intercept_methods`) or an NNX spec (`from_nnx`: the adapted `nnx.Linear` / `nnx.LinearGeneral`
+      layers of a freshly merged module are swapped for factorised ones; not inside `nnx.scan`/`nnx.vmap`).
+    factors: `hnet.factors(hparams, conds)` with conds f[B, cond_dim] (or ids (B,)): the model's inputs must
+      have the batch axis B first; or `hnet.factors(hparams, cond)` with one cond (one adapter for every example).
+    args, kwargs: the model's inputs, as for `target.apply`. Returns what `target.apply` returns. Works under
+    jit, grad and vmap; linen `nn.scan`-stacked kernels take LoRA factors (sliced per layer with the kernel).
+
+    Raises:
+      TypeError: a target of another framework or with state, or `factors` without any factor leaf.
+      ValueError: factors of another tree; an adapted leaf that is not the kernel of a Dense / Linear layer call
+        (naming it: use the materialised per-example path `hyperjax.per_sample`); inputs whose leading axes
+        differ from the factors' batch axes.
+    """
+    who = "generators.factorised_apply"
+    framework = getattr(target, "framework", None)
+    if not isinstance(target, TargetSpec) or framework not in ("linen", "nnx") or target.abstract_state is not None:
+        raise TypeError(f"hyperjax.{who}: needs a linen (from_linen) or NNX (from_nnx) TargetSpec without state; "
+                        f"got {framework or type(target).__name__}. For other frameworks use "
+                        f"hyperjax.generators.modulated_matmul in the model, or the materialised hyperjax.per_sample.")
+    leaves, extras = _split_factors(target, factors, who)
+    if framework == "nnx":
+        return _nnx_apply(target, leaves, extras, args, kwargs, who)
+    import flax.linen as nn
+
+    adapted = {p.rsplit("/", 1)[0]: p for p in extras}       # module path -> leaf path
+    for p, extra in extras.items():
+        for name, value in extra.items():
+            leaves[f"{p.rsplit('/', 1)[0]}/{_TAG}{name}"] = value
     hits: set[str] = set()
 
     def intercept(next_fun, call_args, call_kwargs, context):
@@ -149,29 +200,12 @@ def factorised_apply(target: TargetSpec, factors: Any, *args: Any, **kwargs: Any
             raise ValueError(f"hyperjax.{who}: leaf '{path}' belongs to a {type(mod).__name__}; factorised apply "
                              f"adds its term inside nn.Dense / nn.DenseGeneral calls. Use hyperjax.per_sample.")
         hits.add(mpath)
-        x = call_args[0] if call_args else call_kwargs["inputs"]
-        axes, feats = _contracted(mod, x, path, who)
-        rest_axes = tuple(a for a in range(x.ndim) if a not in axes)
-        rest = tuple(x.shape[a] for a in rest_axes)
-        n_in = math.prod(x.shape[a] for a in axes)
-        x2 = jnp.transpose(x, (*rest_axes, *axes)).reshape(*rest, n_in)
-        if "scale_in" in extra or "scale_out" in extra:
-            return _scaled(mod, next_fun, call_args, call_kwargs, x, x2, axes, rest, feats, extra, own, path, who)
-        y = next_fun(*call_args, **call_kwargs)
-        if "lora_a" in extra:
-            a, b = extra["lora_a"], extra["lora_b"]
-            nb = a.ndim - 2
-            _batch_axes(path, rest, a.shape[:nb], who)
-            x3 = x2.reshape(*rest[:nb], -1, n_in)
-            t = jnp.einsum("...mi,...ir->...mr", x3, a.astype(y.dtype))
-            delta = jnp.einsum("...mr,...ro->...mo", t, b.astype(y.dtype))
+        if call_args:
+            x, call = call_args[0], lambda xi: next_fun(xi, *call_args[1:], **call_kwargs)
         else:
-            u, s, v = extra["lr_u"], extra["lr_s"], extra["lr_v"]
-            nb = s.ndim - 1
-            _batch_axes(path, rest, s.shape[:nb], who)
-            t = x2 @ u.astype(y.dtype)
-            delta = (t * _expand(s, nb, len(rest) - nb).astype(y.dtype)) @ v.T.astype(y.dtype)
-        return y + delta.reshape(*rest, *feats)
+            x, call = call_kwargs["inputs"], lambda xi: next_fun(**{**call_kwargs, "inputs": xi})
+        axes, feats = _contracted(mod, x, path, who)
+        return _layer_output(call, x, axes, feats, extra, own.get("bias"), path, who)
 
     with nn.intercept_methods(intercept):
         out = target.apply_fn(_paths.nest(leaves), *args, **kwargs)
@@ -183,28 +217,52 @@ def factorised_apply(target: TargetSpec, factors: Any, *args: Any, **kwargs: Any
     return out
 
 
-def _scaled(mod, next_fun, call_args, call_kwargs, x, x2, axes, rest, feats, extra, own, path, who):
-    """Scale factors: y = ((x * a) W0) * b' + bias, the input scaling on the contracted axes."""
-    si, so = extra.get("scale_in"), extra.get("scale_out")
-    if si is not None:
-        nb = si.ndim - 1
-        _batch_axes(path, rest, si.shape[:nb], who)
-        xs = x2 * _expand(si, nb, len(rest) - nb).astype(x2.dtype)
-        contracted = tuple(x.shape[a] for a in axes)
-        rest_axes = tuple(a for a in range(x.ndim) if a not in axes)
-        xs = xs.reshape(*rest, *contracted)
-        x = jnp.transpose(xs, tuple(int(i) for i in np.argsort((*rest_axes, *axes))))
-        call_args = (x, *call_args[1:]) if call_args else call_args
-        if not call_args:
-            call_kwargs = {**call_kwargs, "inputs": x}
-    y = next_fun(*call_args, **call_kwargs)
-    if so is None:
-        return y
-    nb = so.ndim - 1
-    _batch_axes(path, rest, so.shape[:nb], who)
-    bias = own.get("bias")
-    so = _expand(so, nb, len(rest) - nb).reshape(*so.shape[:nb], *(1,) * (len(rest) - nb), *feats).astype(y.dtype)
-    if bias is None:
-        return y * so
-    bias = bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape).astype(y.dtype)
-    return (y - bias) * so + bias
+class _NNXFactorised:
+    """Stands in for an nnx.Linear / nnx.LinearGeneral of a merged module: the layer plus its factorised term."""
+
+    def __init__(self, layer: Any, extra: dict[str, Array], path: str, who: str):
+        self.layer, self.extra, self.path, self.who = layer, extra, path, who
+
+    def __call__(self, x: Array, *args: Any, **kwargs: Any) -> Any:
+        from flax import nnx
+
+        layer = self.layer
+        if isinstance(layer, nnx.Linear):
+            axes, feats = (x.ndim - 1,), (layer.out_features,)
+        else:
+            if layer.batch_axis:
+                raise ValueError(f"hyperjax.{self.who}: leaf '{self.path}' belongs to a LinearGeneral with "
+                                 f"batch_axis; factorised apply supports LinearGeneral without it.")
+            axis = layer.axis if isinstance(layer.axis, tuple) else (layer.axis,)
+            feats = layer.out_features if isinstance(layer.out_features, tuple) else (layer.out_features,)
+            axes = tuple(a % x.ndim for a in axis)
+        bias = getattr(layer, "bias", None)
+        bias = None if bias is None else bias[...]
+        call = lambda xi: layer(xi, *args, **kwargs)     # e.g. out_sharding= from nnx.MultiHeadAttention
+        return _layer_output(call, x, axes, tuple(feats), self.extra, bias, self.path, self.who)
+
+
+def _nnx_apply(target: TargetSpec, leaves: dict[str, Any], extras: dict[str, dict[str, Array]], args: Any,
+               kwargs: Any, who: str) -> Any:
+    """Merge the module on the base kernels, swap every adapted layer for `_NNXFactorised`, call it."""
+    from flax import nnx
+
+    module = target.module_fn(_paths.nest(leaves))
+    for path, extra in extras.items():
+        if _spec.matrix_shape(target, path)[0]:
+            raise ValueError(f"hyperjax.{who}: leaf '{path}' is stacked (nnx.vmap / nnx.scan layers); factorised "
+                             f"apply swaps unstacked NNX layers only. Use hyperjax.per_sample (materialised).")
+        *parents, name, _ = path.split("/")
+        owner = module
+        for part in parents:
+            owner = owner[int(part)] if isinstance(owner, (list, tuple)) or part.isdigit() else getattr(owner, part)
+        layer = owner[int(name)] if name.isdigit() else getattr(owner, name)
+        if not isinstance(layer, (nnx.Linear, nnx.LinearGeneral)):
+            raise ValueError(f"hyperjax.{who}: leaf '{path}' belongs to a {type(layer).__name__}; factorised apply "
+                             f"swaps nnx.Linear / nnx.LinearGeneral layers. Use hyperjax.per_sample.")
+        swapped = _NNXFactorised(layer, extra, path, who)
+        if name.isdigit():
+            owner[int(name)] = swapped
+        else:
+            object.__setattr__(owner, name, swapped)
+    return module(*args, **kwargs)

@@ -48,12 +48,15 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
             "function and use from_fn(apply_fn, params) with the state handled explicitly.")
     template = param_state.to_pure_dict()
 
-    def apply_fn(params: Any, *args: Any, **kwargs: Any) -> Any:
+    def module_fn(params: Any) -> Any:
         state = jax.tree.map(lambda x: x, param_state)
         state.replace_by_pure_dict(params)
         # fresh copies of the other variables too (RNG counters): a call never mutates the captured state,
         # so apply is pure and works under jit (the counters would otherwise leak tracers out of the trace)
-        return nnx.merge(graphdef, state, jax.tree.map(lambda x: x, rest))(*args, **kwargs)
+        return nnx.merge(graphdef, state, jax.tree.map(lambda x: x, rest))
+
+    def apply_fn(params: Any, *args: Any, **kwargs: Any) -> Any:
+        return module_fn(params)(*args, **kwargs)
 
     if factory is not None and not callable(factory):
         raise TypeError(f"hyperjax.targets.from_nnx: `factory` must be callable (key -> a new module) or None, got "
@@ -66,7 +69,8 @@ def from_nnx(module: Any, *, factory: Callable[[Any], Any] | None = None) -> Tar
 
     shapes = {p: tuple(x.shape) for p, x in _paths.leaves_with_paths(template)}
     return spec_from_params(apply_fn, template, init_fn=init_fn, layout="in_out", framework="nnx",
-                            params=template if concrete else None, axes=nnx_layer_axes(module, shapes))
+                            params=template if concrete else None, axes=nnx_layer_axes(module, shapes),
+                            module_fn=module_fn)
 
 
 def current_weights(weights: Any) -> Callable[[Any], Any]:
