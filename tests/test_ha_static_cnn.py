@@ -8,7 +8,7 @@ from experiments import ha_static_cnn
 
 def test_tiny_run_writes_record_and_figure(tmp_path):
     out = tmp_path / "ha.json"
-    ha_static_cnn.main(["--steps", "30", "--eval-every", "15", "--repeats", "1", "--channels", "4",
+    ha_static_cnn.main(["--steps", "6", "--eval-every", "3", "--repeats", "1", "--channels", "4",
                         "--no-progress", "--out", str(out)])
     record = json.loads(out.read_text())
     m = record["metrics"]
