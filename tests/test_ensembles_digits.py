@@ -20,6 +20,38 @@ def record(tmp_path_factory):
     return metrics, json.loads(out.read_text()), out
 
 
+@pytest.fixture(scope="module")
+def small_record(tmp_path_factory):
+    """Two of the four methods, 2 steps, 2 seeds: the default profile's form of `record`."""
+    out = tmp_path_factory.mktemp("ens_small") / "ens.json"
+    metrics = ensembles_digits.main(["--steps", "2", "--seeds", "2", "--widths", "16", "--members", "3",
+                                     "--samples", "2", "--eval-every", "1", "--warmup", "1", "--noise-images", "50",
+                                     "--steps-per-call", "1", "--methods", "single", "batch_ensemble",
+                                     "--no-progress", "--out", str(out)])
+    return metrics, json.loads(out.read_text()), out
+
+
+def test_small_run_keys_params_and_seeds(small_record):
+    metrics, rec, out = small_record
+    assert rec["metrics"] == json.loads(json.dumps(metrics)) and rec["experiment"] == "ensembles_digits"
+    m = rec["metrics"]
+    assert [k for k in ensembles_digits.METHODS if k in m] == ["single", "batch_ensemble"] and "targets" not in m
+    single = 64 * 16 + 16 + 16 * 10 + 10
+    assert m["target_params"] == m["single"]["params"] == single
+    assert m["batch_ensemble"]["params"] == single + 3 * 3 + 4 * ((64 + 16) + (16 + 10))
+    for name in ("single", "batch_ensemble"):
+        r = m[name]
+        assert KEYS <= set(r)
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["ece"] <= 1 and r["nll"] > 0
+        assert 0 <= r["auroc_letters"] <= 1 and 0 <= r["auroc_noise"] <= 1
+        assert r["accuracy"] == pytest.approx(np.mean(r["per_seed"]["accuracy"]))
+        assert len(set(r["per_seed"]["params_sha256"])) == 2, name       # seed 0 and seed 1 train different params
+        curves = rec["curves"][name]
+        assert [c["step"] for c in curves] == [[0, 1, 2]] * 2
+        assert all(np.isfinite(c["train_loss"][1:]).all() for c in curves)
+
+
+@pytest.mark.slow   # all four methods (about 90 s on 2 cores); test_small_run_keys_params_and_seeds by default
 def test_json_keys_params_and_figure(record):
     metrics, rec, out = record
     assert rec["metrics"] == json.loads(json.dumps(metrics)) and rec["experiment"] == "ensembles_digits"
@@ -51,6 +83,7 @@ def test_json_keys_params_and_figure(record):
     assert m["n_letters"] == 52 * len(rec["config"]["letter_fonts"]) and m["n_noise"] == 50
 
 
+@pytest.mark.slow
 def test_seeds_differ_and_the_same_seed_repeats(record):
     metrics, rec, out = record
     for name in ensembles_digits.METHODS:

@@ -35,8 +35,14 @@ def run(tmp_path, *extra):
     return metrics, json.loads(out.read_text()), out.with_suffix(".png")
 
 
-def test_default_run_writes_record_and_figure(tmp_path):
-    metrics, record, png = run(tmp_path)
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One 12-step run at the defaults, shared by the record, determinism and --devices tests."""
+    return run(tmp_path_factory.mktemp("quickstart"))
+
+
+def test_default_run_writes_record_and_figure(default_run):
+    metrics, record, png = default_run
     assert png.exists() and png.stat().st_size > 10_000
     assert record["experiment"] == "quickstart" and record["seed"] == 0
     assert record["metrics"] == json.loads(json.dumps(metrics))
@@ -104,6 +110,23 @@ def test_params_sha256_sees_every_bit_path_and_dtype():
     assert _common.params_sha256({**tree, "k": jax.random.key(4)}) != h
 
 
+def _untimed(m):
+    return {k: _untimed(v) if isinstance(v, dict) else v for k, v in m.items() if k not in ("train_time_s",
+                                                                                          "wall_time_s")}
+
+
+def test_a_second_run_with_the_same_seed_is_bitwise_identical(default_run, tmp_path):
+    """In-process (the default profile's form of the fresh-process test below): a second run, compiled again
+    from new closures, gives the same params hashes, metrics and curves as the first."""
+    _, a, _ = default_run
+    _, b, _ = run(tmp_path)
+    for name in ("hypernet", "direct"):
+        assert a["metrics"][name]["params_sha256"] == b["metrics"][name]["params_sha256"], name
+    assert a["metrics"]["hypernet"]["generated_params_sha256"] == b["metrics"]["hypernet"]["generated_params_sha256"]
+    assert _untimed(a["metrics"]) == _untimed(b["metrics"]) and a["curves"] == b["curves"]
+
+
+@pytest.mark.slow   # two fresh processes of 30 steps; the in-process test above runs by default
 def test_two_runs_with_the_same_seed_write_bitwise_identical_params_and_metrics(tmp_path):
     """Two fresh processes (each compiles its own steps), same seed, CPU: same params hashes, same metrics."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
@@ -133,10 +156,10 @@ def test_two_runs_with_the_same_seed_write_bitwise_identical_params_and_metrics(
     assert records[0]["config"] == {**records[1]["config"], "out": records[0]["config"]["out"]}
 
 
-def test_devices_runs_data_parallel_and_matches_one_device(tmp_path):
+def test_devices_runs_data_parallel_and_matches_one_device(default_run, tmp_path):
     """--devices 2 in a process whose JAX already started re-runs itself with 2 simulated CPU devices; the JSON
     records devices and mesh, and the run agrees with the 1-device run up to float32 reduction order."""
-    one, _, _ = run(tmp_path)
+    one = default_run[0]
     out = tmp_path / "two.json"
     metrics = quickstart.main(["--steps", "12", "--eval-every", "5", "--warmup", "3", "--no-progress",
                                "--out", str(out), "--devices", "2"])
