@@ -15,6 +15,11 @@ import textwrap
 import numpy as np
 import pytest
 
+# slow profile (HYPERJAX_SLOW=1): three fresh JAX processes. The default profile's data-parallel check is
+# tests/test_quickstart.py::test_devices_runs_data_parallel_and_matches_one_device (one process, 2 devices) and
+# its cross-mesh restore is tests/test_mesh_restore.py.
+pytestmark = pytest.mark.slow
+
 STEPS = 4
 COMMON = textwrap.dedent("""
     import json, os, sys

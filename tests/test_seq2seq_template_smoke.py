@@ -79,6 +79,7 @@ def test_phase_updates_its_encoder_and_the_one_decoder_only(train, frozen, tiny_
         assert all(jax.tree.leaves(changed)), f"{name} has leaves that did not move"
 
 
+@pytest.mark.slow   # the three schedules end to end; by default the phase test above checks the tandem updates
 def test_tandem_seq2seq_tiny_run_writes_record(tmp_path):
     out = tmp_path / "tandem.json"
     metrics = ts.main([*TS_TINY, "--out", str(out)])
@@ -189,7 +190,7 @@ def test_hypernet_checks_its_output_against_the_spec():
         jax.eval_shape(hnet.apply, hparams, jax.ShapeDtypeStruct((6, 6, 1), jnp.float32))
 
 
-@pytest.mark.parametrize("schedule", ["joint", "alternate"])
+@pytest.mark.parametrize("schedule", [pytest.param("joint", marks=pytest.mark.slow), "alternate"])   # alternate: one model
 def test_template_matching_tiny_run_writes_record(schedule, tmp_path):
     out = tmp_path / "tm.json"
     extra = [] if schedule == "joint" else ["--skip-baseline"]
