@@ -80,6 +80,23 @@ def test_lstm_width_matches_the_hyperlstm_parameters_within_10pct():
             abs(size["lstm"]["params"] - size["hyperlstm"]["params"])
 
 
+def test_tiny_hyperlstm_run_learns_and_writes_record(tmp_path):
+    """The default profile's form of the run below: the HyperLSTM alone (2 seeds), its record, curve and count."""
+    out = tmp_path / "charlm.json"
+    metrics = charlm.main([*TINY, "--models", "hyperlstm", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["experiment"] == "hyperlstm_charlm" and record["metrics"] == json.loads(json.dumps(metrics))
+    m = record["metrics"]
+    assert "lstm" not in m and "target_met" not in m and out.with_suffix(".png").stat().st_size > 10_000
+    r, curve = m["hyperlstm"], record["curves"]["hyperlstm"]
+    assert r["seeds"] == [0, 1] and r["test_bpc"] == pytest.approx(np.mean(r["test_bpc_per_seed"]))
+    assert 0 < r["test_bpc"] < math.log2(m["vocab"]) + 1 and m["chars"]["val"] == m["chars"]["test"] == 400
+    assert r["params"] == hj.recurrent.hyperlstm_param_count(4, 8, 4, 2) + m["vocab"] * (4 + 8 + 1)
+    assert curve["step"] == [0, 3, 6] and np.isnan(curve["train_bpc"][0]).all()
+    assert np.all(np.asarray(curve["train_bpc"][2]) < np.asarray(curve["train_bpc"][1]))   # it learns
+
+
+@pytest.mark.slow   # both models x 2 seeds compiled end to end; the split, windows, bpc and width tests run by default
 def test_tiny_run_writes_record_and_figure(tmp_path):
     out = tmp_path / "charlm.json"
     metrics = charlm.main([*TINY, "--out", str(out)])
