@@ -4,7 +4,9 @@
     python -m benchmarks.lora --quick    # tiny sizes, for tests
 
 Target: `hj.testing.Transformer` (decoder-only linen LM, the 4 layers in one `nn.scan`, `nn.SelfAttention` with
-DenseGeneral kernels), width 256, 4 heads, MLP 1024, vocab 256, batch 64, sequence 64, pretrained-style base
+DenseGeneral kernels), width 256, 4 heads, MLP 1024, vocab 256, batch 64, sequence 16 (about the length
+of `experiments/task_lora`'s 17-token sequences: 8 inputs, SEP, 8 queries; every case is repeated at sequence 64 as
+"<case>@seq64", where the shared model's own work per example is 4x larger), pretrained-style base
 (`from_linen(model, tokens, params=variables)`). Generator: `hj.generators.lora(spec, rank=8, cond_dim=16,
 hidden=(64,))`, one cond per example; its B head (zero at init) is perturbed so the adapters are non-zero (the
 logits move by `adapter_effect_max_abs`). Two cases, the same generator settings:
@@ -52,12 +54,13 @@ WHERE = {"attention": ("layers/attention/*/kernel",),
          "attention+mlp": ("layers/attention/*/kernel", "layers/mlp_in/kernel", "layers/mlp_out/kernel")}
 PRIMARY = "attention"
 TARGETS = {"forward_speedup": 3.0, "step_speedup": 3.0, "memory_ratio": 4.0}
-FULL = {"vocab": 256, "width": 256, "heads": 4, "mlp": 1024, "layers": 4, "seq": 64, "batch": 64, "rank": 8,
+FULL = {"vocab": 256, "width": 256, "heads": 4, "mlp": 1024, "layers": 4, "seq": 16, "batch": 64, "rank": 8,
         "cond_dim": 16, "hidden": (64,), "perturb_std": 0.005, "lr": 1e-3, "rounds": 6, "warmup": 1,
         "budget_s": 0.0}
 QUICK = {"vocab": 11, "width": 16, "heads": 2, "mlp": 32, "layers": 2, "seq": 8, "batch": 3, "rank": 2,
          "cond_dim": 4, "hidden": (8,), "perturb_std": 0.05, "lr": 1e-3, "rounds": 2, "warmup": 1,
          "budget_s": 0.0}
+LONGER_SEQ = 64      # full runs repeat every case at this sequence length too (cases "<name>@seq64")
 TOLERANCE = 1e-4     # max |factorised - materialised| logits, relative to max(1, max |logits|)
 
 
@@ -189,14 +192,22 @@ def main(argv=None) -> dict[str, Any]:
                    help="JSON path; the markdown table goes beside it (.md)")
     p.add_argument("--cases", default=",".join(WHERE), help=f"comma-separated subset of {', '.join(WHERE)}")
     p.add_argument("--label", default=None, help="free-form label stored with the provenance")
+    p.add_argument("--seq", type=int, default=None, help="tokens per example (default: 16; 8 with --quick)")
+    p.add_argument("--no-longer-seq", action="store_true",
+                   help=f"skip the repeat of every case at sequence length {LONGER_SEQ} (full runs only)")
     args = p.parse_args(argv)
     names = [c for c in args.cases.split(",") if c]
     unknown = sorted(set(names) - set(WHERE))
     if unknown or PRIMARY not in names:
         p.error(f"--cases: unknown {unknown}; valid: {', '.join(WHERE)} (must include {PRIMARY!r})")
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.seq is not None:
+        cfg["seq"] = args.seq
     load_before = _common.load_average()
     cases = {name: run_case(WHERE[name], cfg) for name in names}
+    if not args.quick and not args.no_longer_seq and cfg["seq"] != LONGER_SEQ:
+        cases.update({f"{name}@seq{LONGER_SEQ}": {**run_case(WHERE[name], {**cfg, "seq": LONGER_SEQ}),
+                                                  "seq": LONGER_SEQ} for name in names})
     head = cases[PRIMARY]
     values = {k: head[k] for k in TARGETS}
     payload = {"benchmark": NAME, "forward_speedup": head["forward_speedup"], "step_speedup": head["step_speedup"],
