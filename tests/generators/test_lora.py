@@ -102,7 +102,7 @@ def test_merged_weight_is_w0_plus_scaled_ab_in_the_2d_view(mode):
         np.testing.assert_array_equal(hj.testing.leaf_at(params, p), hj.testing.leaf_at(SPEC.params, p))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(n_in=st.integers(1, 6), n_out=st.integers(1, 6), rank=st.integers(1, 4))
 def test_update_has_rank_at_most_r_on_any_dense_shape(n_in, n_out, rank):
     spec = hj.testing.mlp_spec((n_in, n_out))
