@@ -403,8 +403,8 @@ def main(argv=None) -> dict:
     sched = optax.warmup_cosine_decay_schedule(0.0, args.pretrain_lr, max(1, args.pretrain_steps // 10),
                                                max(1, args.pretrain_steps))
     opt = optax.adamw(sched, weight_decay=0.01)
-    state = jax.vmap(lambda p, key: hj.training.init_state(p, opt, key))(
-        stack([spec.init(jax.random.fold_in(k, 10)) for k in seed_keys]), keys(11))
+    state = jax.jit(lambda: jax.vmap(lambda p, key: hj.training.init_state(p, opt, key))(   # one program
+        stack([spec.init(jax.random.fold_in(k, 10)) for k in seed_keys]), keys(11)))()
     base_held = evaluator(spec, lambda p, t: p, held_test, L)
     state, curve, seconds = run("pretrain", mixture_loss, opt, state, args.pretrain_steps, base_held)
     base_params = state.params
@@ -425,9 +425,9 @@ def main(argv=None) -> dict:
         def one(s: int, t: int):
             return hj.training.init_state(hnets[s].init(jax.random.fold_in(seed_keys[s], 1000 * tag + t)), opt,
                                           jax.random.fold_in(seed_keys[s], 1000 * tag + 500 + t))
-        if not tasks:
-            return stack([one(s, 0) for s in range(S)])
-        return stack([stack([one(s, t) for t in range(tasks)]) for s in range(S)])
+        if not tasks:                  # one compiled program, not hundreds of eager ops
+            return jax.jit(lambda: stack([one(s, 0) for s in range(S)]))()
+        return jax.jit(lambda: stack([stack([one(s, t) for t in range(tasks)]) for s in range(S)]))()
 
     def unchanged(hp, lead: int = 1) -> bool:
         """Whether every frozen base weight in the trained hparams [S, (tasks,) ...] is bitwise the base's."""
