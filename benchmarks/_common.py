@@ -35,6 +35,22 @@ def compile_time(jitted: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return compiled, time.perf_counter() - t0
 
 
+def memory_analysis(compiled: Any, unit: int = 1) -> dict[str, float | int | None]:
+    """XLA's memory analysis of a compiled program in units of `unit` bytes (1: int bytes, 2**20: float MB):
+    {"argument", "output", "temp", "alias", "peak"} with peak ~ argument + output + temp - alias; every value
+    None where the backend has no analysis."""
+    try:
+        ma = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        ma = None
+    keys = ("argument", "output", "temp", "alias")
+    if ma is None:
+        return {k: None for k in (*keys, "peak")}
+    conv = int if unit == 1 else (lambda v: float(v) / unit)
+    arg, out, tmp, alias = (conv(getattr(ma, f"{k}_size_in_bytes", 0)) for k in keys)
+    return {"argument": arg, "output": out, "temp": tmp, "alias": alias, "peak": arg + out + tmp - alias}
+
+
 def environment() -> dict[str, Any]:
     import flax
     import jaxlib

@@ -66,14 +66,7 @@ TOLERANCE = 1e-4     # max |factorised - materialised| logits, relative to max(1
 
 def memory(compiled: Any) -> dict[str, int | None]:
     """Bytes from XLA's memory analysis (None where the backend has none); peak ~ arg + out + temp - alias."""
-    try:
-        ma = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        ma = None
-    if ma is None:
-        return {"argument": None, "output": None, "temp": None, "alias": None, "peak": None}
-    arg, out, tmp, alias = (int(getattr(ma, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "alias"))
-    return {"argument": arg, "output": out, "temp": tmp, "alias": alias, "peak": arg + out + tmp - alias}
+    return _common.memory_analysis(compiled)
 
 
 def perturb(tree: Any, key: jax.Array, std: float) -> Any:

@@ -36,16 +36,8 @@ def width_for(n_params: int, d_in: int = 64, d_out: int = 10) -> int:
 
 
 def memory(compiled: Any) -> dict[str, float | None]:
-    """MB from XLA's memory analysis of the compiled step (None where the backend has none)."""
-    try:
-        ma = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        ma = None
-    if ma is None:
-        return {"argument_mb": None, "output_mb": None, "temp_mb": None, "alias_mb": None, "peak_mb": None}
-    mb = lambda v: float(v) / 2 ** 20  # noqa: E731
-    arg, out, tmp, alias = (mb(getattr(ma, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "alias"))
-    return {"argument_mb": arg, "output_mb": out, "temp_mb": tmp, "alias_mb": alias, "peak_mb": arg + out + tmp - alias}
+    """MB from XLA's memory analysis of the compiled program (None where the backend has none)."""
+    return {f"{k}_mb": v for k, v in _common.memory_analysis(compiled, 2 ** 20).items()}
 
 
 def run(quick: bool, reps: tuple[int, int], batches: Sequence[Any], key: jax.Array, out_dir: str,

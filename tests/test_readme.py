@@ -39,6 +39,17 @@ def test_readme_quickstart_runs(tmp_path, capsys):
 SLOW_BLOCKS = ("R.hyperlstm_init(",)
 
 
+def _check_outputs(out):
+    """What the README's later blocks print."""
+    assert "(32, 10)" in out                                         # per-sample logits
+    assert "(5, 3) ['embedding', 'hyper'] True" in out                # a from_module generator, checked
+    assert "nnx (3, 2)" in out and "equinox (3, 2)" in out             # NNX and Equinox targets, per example
+    assert "10 (10,) 0 ['batch_stats']" in out                         # 10 steps per call with BatchNorm state
+    assert "('same/bias', 'same/kernel') 80 of 160" in out           # one shared kernel after restore
+    assert "after the last task:" in out                                # hj.continual's task sequence
+    assert re.search(r"\(8, 12, 16\) \d+ True", out)                  # per-example LoRA logits, plain export
+
+
 def _run_blocks(blocks, tmp_path):
     for i, code in blocks:
         path = tmp_path / f"readme_block_{i}.py"
@@ -52,11 +63,7 @@ def test_readme_other_examples_run_fast_blocks(tmp_path, capsys):
     assert len(blocks) >= 5, "README lost the examples this test checks"
     _run_blocks(blocks, tmp_path)
     out = capsys.readouterr().out
-    assert "(32, 10)" in out                                         # per-sample logits
-    assert "(5, 3) ['embedding', 'hyper'] True" in out                # a from_module generator, checked
-    assert "nnx (3, 2)" in out and "equinox (3, 2)" in out             # NNX and Equinox targets, per example
-    assert "10 (10,) 0 ['batch_stats']" in out                         # 10 steps per call with BatchNorm state
-    assert "('same/bias', 'same/kernel') 80 of 160" in out           # one shared kernel after restore
+    _check_outputs(out)
 
 
 @pytest.mark.slow   # every block, the long ones too; the fast-blocks test above runs by default
@@ -70,8 +77,4 @@ def test_readme_other_examples_run(tmp_path, capsys):
         path.write_text(code)
         runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
-    assert "(32, 10)" in out                                         # per-sample logits
-    assert "(5, 3) ['embedding', 'hyper'] True" in out                # a from_module generator, checked
-    assert "nnx (3, 2)" in out and "equinox (3, 2)" in out             # NNX and Equinox targets, per example
-    assert "10 (10,) 0 ['batch_stats']" in out                         # 10 steps per call with BatchNorm state
-    assert "('same/bias', 'same/kernel') 80 of 160" in out           # one shared kernel after restore
+    _check_outputs(out)
