@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 import hyperjax as hj
-import hyperjax.ensembles  # noqa: F401
 from benchmarks import _common
 from benchmarks.modulation import timed_rounds
 

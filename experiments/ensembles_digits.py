@@ -42,7 +42,6 @@ import numpy as np
 import optax
 
 import hyperjax as hj
-import hyperjax.ensembles  # noqa: F401  (hj.ensembles until hyperjax/__init__.py imports it)
 from experiments import _common, _data
 
 NAME = "ensembles_digits"

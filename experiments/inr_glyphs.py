@@ -42,7 +42,6 @@ import numpy as np
 import optax
 
 import hyperjax as hj
-import hyperjax.inr  # noqa: F401  (hj.inr until the lead adds it to hyperjax/__init__.py)
 from experiments import _common, _data
 
 NAME = "inr_glyphs"
@@ -51,7 +50,7 @@ TEST_FONTS = ("DejaVuSansMono-Oblique.ttf", "DejaVuSerif-Italic.ttf", "STIXGener
 
 
 def build_parser():
-    p = _common.parser(NAME, __doc__.splitlines()[0], steps=500, images=False)
+    p = _common.parser(NAME, __doc__.splitlines()[0], steps=2000, images=False)
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="generator kinds compared")
     p.add_argument("--size", type=int, default=32, help="glyph resolution (training and PSNR)")
     p.add_argument("--n-per", type=int, default=2, help="random renderings per (training font, char)")

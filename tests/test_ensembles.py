@@ -9,7 +9,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import hyperjax as hj
-import hyperjax.ensembles  # noqa: F401
 
 E = hj.ensembles
 WIDTHS = (5, 7, 6, 3)

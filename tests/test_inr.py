@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import hyperjax as hj
-import hyperjax.inr  # noqa: F401
 from experiments import inr_glyphs
 
 D = 16
