@@ -331,7 +331,7 @@ def stack(trees: list) -> Any:
 
 
 def unstack(tree: Any, n: int) -> list:
-    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+    return jax.jit(lambda t: [jax.tree.map(lambda x: x[i], t) for i in range(n)])(tree)   # one program
 
 
 def step_batch(i: int, n: int) -> jax.Array:
@@ -432,9 +432,9 @@ def main(argv=None) -> dict:
     def unchanged(hp, lead: int = 1) -> bool:
         """Whether every frozen base weight in the trained hparams [S, (tasks,) ...] is bitwise the base's."""
         def same(f, b):
-            return bool(jnp.array_equal(f, b.reshape(b.shape[:1] + (1,) * (lead - 1) + b.shape[1:])
-                                        * jnp.ones_like(f)))
-        return all(jax.tree.leaves(jax.tree.map(same, hp["frozen"], base_params)))
+            return jnp.array_equal(f, b.reshape(b.shape[:1] + (1,) * (lead - 1) + b.shape[1:]) * jnp.ones_like(f))
+        flags = jax.jit(lambda fr, bp: jax.tree.leaves(jax.tree.map(same, fr, bp)))(hp["frozen"], base_params)
+        return all(bool(x) for x in flags)           # one compiled comparison, not one per leaf
 
     def n_trainable(params, lead: int = 1) -> int:
         first = jax.tree.map(lambda x: x[(0,) * lead], params)

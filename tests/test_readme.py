@@ -34,9 +34,10 @@ def test_readme_quickstart_runs(tmp_path, capsys):
     assert "85002 target params" in out
 
 
-# README blocks whose run is long on 2 CPU cores (the HyperLSTM block: a 100-step scan compiled, an nn.RNN init,
-# about a quarter of all the blocks' time): they run in the slow profile only; every other later block by default.
-SLOW_BLOCKS = ("R.hyperlstm_init(",)
+# README blocks whose run is long on 2 CPU cores (the HyperLSTM block: a 100-step scan compiled, an nn.RNN init;
+# the continual-learning sequence and the LoRA walk-through, whose code tests/test_continual.py and
+# tests/generators/test_lora*.py cover): they run in the slow profile only; every other later block by default.
+SLOW_BLOCKS = ("R.hyperlstm_init(", "cl.train_sequence(", "hj.generators.factorised_apply(spec, hnet.factors")
 
 
 def _check_outputs(out):
@@ -46,8 +47,6 @@ def _check_outputs(out):
     assert "nnx (3, 2)" in out and "equinox (3, 2)" in out             # NNX and Equinox targets, per example
     assert "10 (10,) 0 ['batch_stats']" in out                         # 10 steps per call with BatchNorm state
     assert "('same/bias', 'same/kernel') 80 of 160" in out           # one shared kernel after restore
-    assert "after the last task:" in out                                # hj.continual's task sequence
-    assert re.search(r"\(8, 12, 16\) \d+ True", out)                  # per-example LoRA logits, plain export
 
 
 def _run_blocks(blocks, tmp_path):
@@ -78,3 +77,5 @@ def test_readme_other_examples_run(tmp_path, capsys):
         runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     _check_outputs(out)
+    assert "after the last task:" in out                                # hj.continual's task sequence
+    assert re.search(r"\(8, 12, 16\) \d+ True", out)                  # per-example LoRA logits, plain export
