@@ -122,7 +122,7 @@ def test_train_base_true_trains_w0_as_base_and_the_rest_as_direct():
     assert set(hp) == {"hyper", "base", "direct"}
     assert {p for p, _ in hj.testing.leaves_with_paths(hp["base"])} == {
         p for p in SPEC.paths if p.startswith("layers/attention/") and p.endswith("kernel")}
-    g = jax.grad(lambda h: jnp.sum(SPEC.apply(gen.apply(h, CONDS[0]), TOKENS) ** 2))(hp)
+    g = jax.jit(jax.grad(lambda h: jnp.sum(SPEC.apply(gen.apply(h, CONDS[0]), TOKENS) ** 2)))(hp)
     assert float(jnp.abs(hj.testing.leaf_at(g["base"], "layers/attention/query/kernel")).max()) > 0
 
 

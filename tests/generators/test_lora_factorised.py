@@ -43,8 +43,8 @@ def test_factorised_gradient_equals_materialised_gradient():
 
     def ce(logits):
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    g_fac = jax.grad(lambda h: ce(G.factorised_apply(SPEC, gen.factors(h, CONDS), TOKENS)))(hp)
-    g_mat = jax.grad(lambda h: ce(materialised(gen, h, "layers")))(hp)
+    g_fac = jax.jit(jax.grad(lambda h: ce(G.factorised_apply(SPEC, gen.factors(h, CONDS), TOKENS))))(hp)
+    g_mat = jax.jit(jax.grad(lambda h: ce(materialised(gen, h, "layers"))))(hp)
     for (p, a), b in zip(hj.testing.leaves_with_paths(g_fac["hyper"]), jax.tree.leaves(g_mat["hyper"])):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5, err_msg=p)
 
