@@ -51,6 +51,12 @@ def memory_analysis(compiled: Any, unit: int = 1) -> dict[str, float | int | Non
     return {"argument": arg, "output": out, "temp": tmp, "alias": alias, "peak": arg + out + tmp - alias}
 
 
+def print_rows(rows: list[list[Any]]) -> None:
+    """The markdown table's rows on stdout, floats to 3 decimals, cells joined by " | "."""
+    for r in rows:
+        print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
+
+
 def environment() -> dict[str, Any]:
     import flax
     import jaxlib

@@ -104,8 +104,7 @@ def main(argv=None) -> dict[str, Any]:
     _common.write_markdown(NAME, ["case", "M", "batch", *(f"{v} ms" for v in VARIANTS),
                                   *(f"{v} / factorised" for v in VARIANTS[1:])], rows, args.results_dir,
                            title="Ensemble forward: factorised BatchEnsemble vs M weight sets vs a loop")
-    for r in rows:
-        print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
+    _common.print_rows(rows)
     print(f"wrote {path} (load {load_before} -> {payload['load_average_after']})")
     return payload
 

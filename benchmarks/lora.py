@@ -234,8 +234,7 @@ def main(argv=None) -> dict[str, Any]:
             for k, v in payload["targets"].items() if v["value"] is not None)
             + f". Load average {load_before} -> {payload['load_average_after']} on "
               f"{os.cpu_count()} CPUs ({jax.default_backend()}).\n")
-    for r in rows:
-        print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
+    _common.print_rows(rows)
     print(f"wrote {path} (load {load_before} -> {payload['load_average_after']})")
     return payload
 
