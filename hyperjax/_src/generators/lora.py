@@ -30,7 +30,7 @@ from hyperjax._src import checks
 from hyperjax._src import paths as _paths
 from hyperjax._src import spec as _spec
 from hyperjax._src.generators import common
-from hyperjax._src.generators.modulation import LoRAFactors, Modulated
+from hyperjax._src.generators.modulation import LoRAFactors, Modulated, require_kernels
 from hyperjax._src.spec import TargetSpec
 from hyperjax._src.types import Array, HParams, PRNGKey
 
@@ -61,11 +61,7 @@ def adapted_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
                              f"{', '.join(target.paths[:20])}. Select matrices with `where`.")
         return chosen
     chosen = common.generated_paths(target, where, who)
-    for p in chosen:
-        ax = target.leaf_axes(p)
-        if ax.kind not in ("kernel", "embedding"):
-            raise ValueError(f"hyperjax.{who}: leaf '{p}' {tuple(target.leaves[p].shape)} is a {ax.kind} of its "
-                             f"layer, not a kernel; LoRA adapts kernels (W0 + A B). Select kernels with `where`.")
+    require_kernels(target, chosen, who, "LoRA adapts kernels (W0 + A B)")
     return chosen
 
 

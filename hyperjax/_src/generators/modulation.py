@@ -171,6 +171,15 @@ class Kind(NamedTuple):
     factors: Callable[[Array, dict[str, Array], Array, Leaf], Any]           # (W0, extra, m f[..., k]) -> F
 
 
+def require_kernels(target: TargetSpec, paths: Sequence[str], who: str, does: str) -> None:
+    """Every leaf of `paths` must be a kernel or embedding of its layer (not a bias, scale or vector)."""
+    for p in paths:
+        kind = target.leaf_axes(p).kind
+        if kind not in ("kernel", "embedding"):
+            raise ValueError(f"hyperjax.{who}: leaf '{p}' {tuple(target.leaves[p].shape)} is a {kind} of its layer, "
+                             f"not a kernel; {does}. Select kernels with `where`.")
+
+
 def matrix_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
     """`where` (None: every leaf) -> paths, each a 2-D leaf or a kernel with a 2-D view and no stacked axis."""
     chosen = common.generated_paths(target, where, who)
@@ -178,12 +187,10 @@ def matrix_paths(target: TargetSpec, where: Any, who: str) -> tuple[str, ...]:
         chosen = tuple(p for p in chosen if target.leaf_axes(p).kind in ("kernel", "embedding"))
         if not chosen:
             raise ValueError(f"hyperjax.{who}: the target has no 2-D kernel; select kernels with `where`.")
+    require_kernels(target, chosen, who, f"{who.rsplit('.', 1)[-1]} modulates kernels")
     for p in chosen:
         shape = tuple(target.leaves[p].shape)
         ax = target.leaf_axes(p)
-        if ax.kind not in ("kernel", "embedding"):
-            raise ValueError(f"hyperjax.{who}: leaf '{p}' {shape} is a {ax.kind} of its layer, not a kernel; "
-                             f"{who.rsplit('.', 1)[-1]} modulates kernels. Select kernels with `where`.")
         if len(shape) == 2 and not ax.stack:
             continue
         if ax.stack:
