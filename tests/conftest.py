@@ -8,8 +8,14 @@ SLOW = os.environ.get("HYPERJAX_SLOW", "") not in ("", "0")
 # programs, so compile time, not run time, is the suite's time (about a third less wall time on 2 CPU cores).
 # Numerics stay within the tests' tolerances and bitwise comparisons compare programs built with the same flags.
 # The slow profile (HYPERJAX_SLOW=1) and any XLA_FLAGS that already set the level keep XLA's default optimisation.
+# On jaxlib >= 0.10 the CPU backend's legacy elemental emitters also compile fusions about 3x faster than its
+# MLIR fusion emitters (a tiny task_lora run: 13.3 -> 4.7 s of XLA compile time); older jaxlibs lack the flag.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if not SLOW and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    from importlib.metadata import version
+
+    if tuple(int(p) for p in version("jaxlib").split(".")[:2]) >= (0, 10):
+        FAST_COMPILE += " --xla_cpu_use_fusion_emitters=false"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS: XLA reads them once, when the backend starts)
