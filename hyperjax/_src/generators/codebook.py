@@ -147,9 +147,22 @@ def _soft_weights(book: dict[str, Any], target: TargetSpec, paths: tuple[str, ..
     out = {}
     for p in paths:
         v = values if shared else values[p]
-        probs = jax.nn.softmax(logits[p] / t.astype(logits[p].dtype), axis=-1)    # f[*shape, K]
-        out[p] = (probs @ v).astype(target.leaves[p].dtype)
+        out[p] = _soft_choice(logits[p], v, t).astype(target.leaves[p].dtype)
     return out
+
+
+def _soft_choice(a: Array, v: Array, t: Array) -> Array:
+    """softmax(a / t) @ v for logits a: f[..., K], values v: f[K], temperature t: f[] -> f[...].
+
+    Written with dots where the textbook form reduces: the sums over K are matrix-vector products, and 1/t
+    enters through an einsum (a dot_general), so under `jax.vmap` over t the logits' cotangent is summed
+    over the vmapped axis by a dot instead of a reduce over it. Same values (softmax is shift invariant,
+    so the max is only for range and carries no gradient); on 2 CPU cores the gradient over 8 temperatures
+    of a quickstart-sized codebook (85k slots x 16) ran 4x faster in a loop and 2.7x faster vmapped.
+    """
+    z = jnp.einsum("...k,->...k", a, (1.0 / t).astype(a.dtype))
+    e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))
+    return (e @ v) / (e @ jnp.ones_like(v))
 
 
 # ---------------------------------------------------------------- regularisers
