@@ -15,7 +15,11 @@ generator of the SIREN's weights, one kind per run, all trained with the same ba
             kernels one shared base learned with it (Dupont et al., 2022);
 * scale:    `scale_modulation` (rowcol) of a shared base, with SIREN's uniform base init;
 * low_rank: `low_rank` (W0 + U diag(s) V^T) of a shared base, with SIREN's uniform base init;
-* chunked:  `chunked`: every SIREN weight generated in chunks.
+* chunked:  `chunked`: every SIREN weight generated in chunks;
+* spatial:  spatial functa (Bauer et al., 2023): `hj.inr.siren(latent_grid=(8, 8))`, a latent grid f[8, 8, 8]
+            interpolated at every coordinate shifts each sine layer of a shared base through shared latent
+            kernels; only the grid is generated (`dense(where="latent/grid")`, a linear map of the latent as in
+            functa). Its shared base is wider (`--latent-siren`, 64 by default): only the grid is per image.
 
 Rendering a batch of images at any resolution is one call (`hj.inr.render`: the factorised path for
 scale / low_rank, `hj.per_sample` otherwise). Also measured, on the same held-out glyphs: the SIREN fitted
@@ -45,7 +49,7 @@ import hyperjax as hj
 from experiments import _common, _data
 
 NAME = "inr_glyphs"
-KINDS = ("shift", "scale", "low_rank", "chunked")
+KINDS = ("shift", "scale", "low_rank", "chunked", "spatial")
 TEST_FONTS = ("DejaVuSansMono-Oblique.ttf", "DejaVuSerif-Italic.ttf", "STIXGeneralBol.ttf", "cmss10.ttf")
 
 
@@ -59,6 +63,12 @@ def build_parser():
     p.add_argument("--omega-0", type=float, default=30.0)
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--rank", type=int, default=16, help="rank of the low_rank kind")
+    p.add_argument("--latent-grid", type=int, nargs=2, default=[8, 8], metavar=("G", "C"),
+                   help="spatial kind: latent grid of G x G cells with C channels")
+    p.add_argument("--latent-hidden", type=int, nargs="*", default=[],
+                   help="spatial kind: hidden widths of its generator (none: a linear map, as functa's)")
+    p.add_argument("--latent-siren", type=int, nargs="+", default=[64, 64, 64],
+                   help="spatial kind: hidden widths of its shared SIREN base (modulated by the latent grid)")
     p.add_argument("--hidden", type=int, default=128, help="hidden width of every generator's MLP")
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
@@ -114,6 +124,8 @@ def make_generator(kind: str, siren: hj.inr.Siren, args) -> Any:
         return hj.inr.with_target_base(hj.generators.low_rank(spec, rank=args.rank, cond_dim=d, hidden=h), siren)
     if kind == "chunked":
         return hj.generators.chunked(spec, chunk_size=args.chunk_size, cond_dim=d, hidden=h)
+    if kind == "spatial":
+        return hj.generators.dense(spec, cond_dim=d, where="latent/grid", hidden=tuple(args.latent_hidden))
     raise ValueError(f"--kinds: unknown kind {kind!r}; choose from {KINDS}.")
 
 
@@ -131,6 +143,8 @@ def modulations(kind: str, hnet: Any, gen_params: Any, z: jax.Array) -> jax.Arra
             elif isinstance(f, hj.generators.LowRankFactors):
                 parts.append(f.s)
         return jnp.concatenate(parts, axis=1)
+    if kind == "spatial":
+        return hj.generate_batch(hnet, gen_params, z)["latent"]["grid"].reshape(z.shape[0], -1)
     params = hj.generate_batch(hnet, gen_params, z)
     return jnp.concatenate([x.reshape(z.shape[0], -1) for x in jax.tree.leaves(params)], axis=1)
 
@@ -232,6 +246,8 @@ def main(argv=None) -> dict:
     background = float(psnr(jnp.zeros_like(xte), xte))
 
     siren = hj.inr.siren(hidden=tuple(args.siren), omega_0=args.omega_0)
+    siren_grid = hj.inr.siren(hidden=tuple(args.latent_siren), omega_0=args.omega_0,
+                              latent_grid=tuple(args.latent_grid))
     grid = hj.inr.grid(args.size)
     grid_sr = hj.inr.grid(args.size * args.sr)
     encoder = Encoder(args.latent_dim)
@@ -246,12 +262,13 @@ def main(argv=None) -> dict:
     # ---- hypernetwork kinds
     for kind in args.kinds:
         key, k_enc, k_gen = jax.random.split(key, 3)
-        hnet = make_generator(kind, siren, args)
+        target = siren_grid if kind == "spatial" else siren
+        hnet = make_generator(kind, target, args)
         params = {"enc": encoder.init(k_enc, jnp.zeros((1, s, s, 1))), "gen": hnet.init(k_gen)}
 
-        def recon(p, x, coords=grid, hnet=hnet):
+        def recon(p, x, coords=grid, hnet=hnet, target=target):
             z = encoder.apply(p["enc"], x)
-            return hj.inr.render(hnet, siren, p["gen"], z, coords)          # f[B, P, 1]
+            return hj.inr.render(hnet, target, p["gen"], z, coords)          # f[B, P, 1]
 
         def loss_fn(p, x, rng, recon=recon):
             return jnp.mean(jnp.square(recon(p, x) - x.reshape(x.shape[0], -1, 1)))
@@ -271,6 +288,8 @@ def main(argv=None) -> dict:
             "encoder_params": hj.training.count_params(params["enc"]),
             "params_per_image": int(mods[kind][0].shape[1]),
             "factorised_render": callable(getattr(hnet, "factors", None)),
+            "siren_hidden": list(args.latent_siren if kind == "spatial" else args.siren),
+            "inr_params": target.spec.size,
         }
         curves[kind] = curve
         recs[kind] = (rec_jit, params)

@@ -114,18 +114,20 @@ def test_errors():
 @pytest.mark.slow
 def test_experiment_smoke(tmp_path):
     out = tmp_path / "inr.json"
-    m = inr_glyphs.main(["--kinds", "shift", "scale", "--steps", "4", "--eval-every", "2", "--steps-per-call", "2",
+    m = inr_glyphs.main(["--kinds", "shift", "scale", "spatial", "--steps", "4", "--eval-every", "2", "--steps-per-call", "2",
                          "--siren", "16", "--size", "16", "--n-per", "1", "--fit-steps", "3", "--fit-images", "4",
                          "--clf-steps", "3", "--clf-hidden", "16", "--hidden", "16", "--latent-dim", "8",
-                         "--batch-size", "8", "--no-progress", "--out", str(out)])
+                         "--batch-size", "8", "--latent-grid", "4", "2", "--latent-siren", "16", "--no-progress",
+                         "--out", str(out)])
     rec = json.loads(out.read_text())["metrics"]
-    for k in ("shift", "scale"):
+    for k in ("shift", "scale", "spatial"):
         assert np.isfinite(rec["hypernet"][k]["psnr_db"]) and rec["hypernet"][k]["ms_per_image"] > 0
     for key in ("per_image_fit", "cnn_autoencoder"):
         assert np.isfinite(rec[key]["psnr_db"])
     assert 0 <= rec["weight_space_accuracy"] <= 1 and 0 <= rec["pixel_accuracy"] <= 1
-    assert rec["background_psnr_db"] > 0 and m["best_kind"] in ("shift", "scale")
+    assert rec["background_psnr_db"] > 0 and m["best_kind"] in ("shift", "scale", "spatial")
     assert rec["hypernet"]["scale"]["factorised_render"] and not rec["hypernet"]["shift"]["factorised_render"]
+    assert rec["hypernet"]["spatial"]["params_per_image"] == 4 * 4 * 2    # only the latent grid is per image
     assert out.with_suffix(".png").exists()
 
 
