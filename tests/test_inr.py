@@ -111,7 +111,6 @@ def test_errors():
         hj.inr.with_target_base(GENS["chunked"], SIREN)
 
 
-@pytest.mark.slow
 def test_experiment_smoke(tmp_path):
     out = tmp_path / "inr.json"
     m = inr_glyphs.main(["--kinds", "shift", "scale", "spatial", "--steps", "4", "--eval-every", "2", "--steps-per-call", "2",
@@ -173,3 +172,9 @@ def test_latent_grid_generated_render_any_resolution_and_gradient():
 def test_latent_grid_errors(bad):
     with pytest.raises(ValueError, match=r"latent_grid. must be \(cells per axis >= 2, channels >= 1\)"):
         hj.inr.siren(hidden=(8,), latent_grid=bad)
+
+
+@pytest.mark.parametrize("lat_shape,coord_shape", [((4, 3), (5, 2)), ((4, 1, 3), (5, 2)), ((4, 4, 3), (5,))])
+def test_interpolate_errors_name_the_shapes(lat_shape, coord_shape):
+    with pytest.raises(ValueError, match=r"hyperjax\.inr\.interpolate: (latents|coords) must be"):
+        hj.inr.interpolate(jnp.zeros(lat_shape), jnp.zeros(coord_shape))

@@ -67,8 +67,16 @@ def interpolate(latents: Array, coords: Array) -> Array:
 
     latents: f[g_1, ..., g_d, c] (cell centres at `grid(g)`'s points, every g_i >= 2); coords: f[P, d].
     Returns f[P, c].
+    Raises: ValueError when coords is not f[P, d] or latents is not f[g_1, ..., g_d, c] with every g_i >= 2.
     """
+    who = "inr.interpolate"
+    if jnp.ndim(coords) != 2:
+        raise ValueError(f"hyperjax.{who}: coords must be f[P, d], got shape {tuple(jnp.shape(coords))}.")
     d = jnp.shape(coords)[-1]
+    if jnp.ndim(latents) != d + 1 or any(g < 2 for g in jnp.shape(latents)[:d]):
+        raise ValueError(f"hyperjax.{who}: latents must be f[g_1, ..., g_{d}, c] (one axis of >= 2 cells per "
+                         f"coordinate dimension, then channels) for coords f[P, {d}], got shape "
+                         f"{tuple(jnp.shape(latents))}.")
     idx, frac = [], []
     for k in range(d):                                          # per axis: the lower cell and the weight of the upper
         g = jnp.shape(latents)[k]
