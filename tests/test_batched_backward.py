@@ -45,9 +45,8 @@ def test_vmapped_backward_pads_no_leaf_to_full_length(make):
 N_CONDS = 4
 
 
-@pytest.mark.parametrize("name", ["chunked", "low_rank"] + [pytest.param(n, marks=pytest.mark.slow) for n in (
-    "dense", "per_layer", "scale_modulation", "rowwise", "codebook")])   # chunked (the fixed bug) and low_rank
-                                                                          # by default; the full table when slow
+@pytest.mark.parametrize("name", ["dense", "chunked", "per_layer", "low_rank", "scale_modulation", "rowwise",
+                                  "codebook"])
 def test_vmapped_gradient_moves_at_most_1_5x_the_bytes_of_the_loop(name):
     """XLA's cost_analysis of jit(grad) over N_CONDS conds: the vmapped loss accesses <= 1.5x the bytes of the
     same loss written as a Python loop (chunked's vmapped backward was 1.81x before the split fix; a
