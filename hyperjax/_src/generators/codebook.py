@@ -157,8 +157,9 @@ def _soft_choice(a: Array, v: Array, t: Array) -> Array:
     Written with dots where the textbook form reduces: the sums over K are matrix-vector products, and 1/t
     enters through an einsum (a dot_general), so under `jax.vmap` over t the logits' cotangent is summed
     over the vmapped axis by a dot instead of a reduce over it. Same values (softmax is shift invariant,
-    so the max is only for range and carries no gradient); on 2 CPU cores the gradient over 8 temperatures
-    of a quickstart-sized codebook (85k slots x 16) ran 4x faster in a loop and 2.7x faster vmapped.
+    so the max is only for range and carries no gradient). `benchmarks/codebook_grad.py`: on 2 CPU cores the
+    gradient over 8 temperatures of the quickstart MLP's kernels (85,504 slots, K = 16) is 2.8x faster than
+    the textbook `jax.nn.softmax(a / t) @ v`, in a loop and vmapped.
     """
     z = jnp.einsum("...k,->...k", a, (1.0 / t).astype(a.dtype))
     e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))
