@@ -7,7 +7,8 @@ Both compute w = softmax(A / tau) @ v for every kernel slot of the quickstart ML
 A: f[slots, K]) and the gradient of sum(w * g) w.r.t. (A, v), for one temperature, 8 temperatures in a Python
 loop and 8 vmapped. `textbook`: `jax.nn.softmax(A / t) @ v` written by hand; `hyperjax`:
 `hj.generators.codebook(spec, num_values=K).apply(hp, tau=t)` (its sums over K are matrix-vector products
-and 1/t enters through an einsum). Jitted, warmed up, interleaved rounds, medians; side by side in one run.
+and 1/t enters through an einsum). Timed by `batched_grad.measure` (jitted, warmed up, interleaved rounds,
+medians, XLA bytes); side by side in one run.
 Writes benchmarks/results/codebook_grad.json (`cases.<textbook|hyperjax>.{one_ms, loop_ms, vmap_ms}`,
 `speedup.<one|loop|vmap>` = textbook / hyperjax) and the values' largest difference.
 """
@@ -15,8 +16,6 @@ Writes benchmarks/results/codebook_grad.json (`cases.<textbook|hyperjax>.{one_ms
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import numpy as np
 
 import hyperjax as hj
 from benchmarks import _common
+from benchmarks import batched_grad as bg
 
 NAME = "codebook_grad"
 
@@ -56,25 +56,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         params = hj.testing.leaf_dict(hnet.apply({**hp, "hyper": b}, tau=t))
         return {path: params[path] for path in kernels}
 
-    def timed(weights):
-        loss = lambda b, t: sum(jnp.sum(w * grads_out[path]) for path, w in weights(b, t).items())
-        fns = {"one": lambda b: loss(b, taus[0]),
-               "loop": lambda b: sum(loss(b, taus[i]) for i in range(n_tau)),
-               "vmap": lambda b: jnp.sum(jax.vmap(loss, in_axes=(None, 0))(b, taus))}
-        return {k: jax.jit(jax.grad(f)) for k, f in fns.items()}
+    def timed(weights) -> dict[str, Any]:
+        def loss_one(b, i):
+            return sum(jnp.sum(w * grads_out[path]) for path, w in weights(b, taus[i]).items())
+        r = bg.measure(bg.gradients(loss_one, n_tau), book, repeats, warmup=3)
+        return {k: r[k] for k in ("one_ms", "loop_ms", "vmap_ms", "bytes_one", "bytes_loop", "bytes_vmap")}
 
-    methods = {"textbook": timed(textbook), "hyperjax": timed(library)}
-    for fns in methods.values():
-        for f in fns.values():
-            jax.block_until_ready(f(book))
-    times: dict[str, dict[str, list[float]]] = {m: {k: [] for k in fns} for m, fns in methods.items()}
-    for r in range(repeats):                                   # interleaved rounds, rotating order
-        order = [(m, k) for m in methods for k in methods[m]]
-        for m, k in order[r % len(order):] + order[:r % len(order)]:
-            t0 = time.perf_counter()
-            jax.block_until_ready(methods[m][k](book))
-            times[m][k].append(1e3 * (time.perf_counter() - t0))
-    cases = {m: {f"{k}_ms": statistics.median(v) for k, v in ts.items()} for m, ts in times.items()}
+    cases = {"textbook": timed(textbook), "hyperjax": timed(library)}
     speedup = {k: cases["textbook"][f"{k}_ms"] / cases["hyperjax"][f"{k}_ms"] for k in ("one", "loop", "vmap")}
     diff = max(float(jnp.max(jnp.abs(textbook(book, t)[path] - library(book, t)[path])))
                for t in np.asarray(taus) for path in kernels)
