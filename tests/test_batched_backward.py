@@ -69,3 +69,88 @@ def test_vmapped_gradient_moves_at_most_1_5x_the_bytes_of_the_loop(name):
     ratio = nbytes["vmap"] / nbytes["loop"]
     print(f"{name}: bytes vmap/loop {ratio:.3f}")
     assert ratio <= 1.5, f"{name}: vmapped gradient accesses {ratio:.2f}x the bytes of the loop ({nbytes})"
+
+
+# ---------------------------------------------------------------- a shared base: summed by a dot, not a reduce
+from hyperjax._src.generators import common  # noqa: E402
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_shared_returns_x_bitwise(jit, dtype):
+    x = jax.random.normal(jax.random.key(0), (5, 7), dtype)
+    f = jax.jit(common.shared) if jit else common.shared
+    y = f(x, jnp.array([0.3, -2.0]))
+    assert y.dtype == dtype and y.shape == x.shape
+    assert bool(jnp.all(y == x))
+    ys = jax.vmap(f, in_axes=(None, 0))(x, jnp.arange(6.0).reshape(3, 2))
+    assert ys.shape == (3, 5, 7) and bool(jnp.all(ys == x[None]))
+
+
+def _modulated(w, s):
+    return jnp.sum(jnp.tanh(common.shared(w, s) * s[0] + s[1]))
+
+
+def _plain(w, s):
+    return jnp.sum(jnp.tanh(w * s[0] + s[1]))
+
+
+def test_shared_gradients_match_the_broadcast_and_the_loop():
+    """grad of vmap (summed over conds) and vmap of grad (one gradient per cond) both equal the plain
+    broadcast's, and the sum equals a Python loop's."""
+    w = jax.random.normal(jax.random.key(1), (4, 6))
+    s = jax.random.normal(jax.random.key(2), (5, 2))
+    summed = jax.grad(lambda w: jnp.sum(jax.vmap(_modulated, (None, 0))(w, s)))(w)
+    want = jax.grad(lambda w: jnp.sum(jax.vmap(_plain, (None, 0))(w, s)))(w)
+    loop = sum(jax.grad(_plain)(w, s[i]) for i in range(5))
+    assert jnp.allclose(summed, want, rtol=1e-6, atol=1e-6)
+    assert jnp.allclose(summed, loop, rtol=1e-5, atol=1e-5)
+    per_cond = jax.vmap(jax.grad(_modulated), (None, 0))(w, s)
+    assert per_cond.shape == (5, 4, 6)
+    assert jnp.allclose(per_cond, jax.vmap(jax.grad(_plain), (None, 0))(w, s), rtol=1e-6, atol=1e-6)
+    # the cond gets no gradient through the 1 (only through its own use)
+    g_s = jax.grad(_modulated, argnums=1)(w, s[0])
+    assert jnp.allclose(g_s, jax.grad(_plain, argnums=1)(w, s[0]), rtol=1e-6, atol=1e-6)
+
+
+def test_shared_gradient_matches_central_differences():
+    with jax.enable_x64():
+        w = jax.random.normal(jax.random.key(3), (3, 2), jnp.float64)
+        s = jax.random.normal(jax.random.key(4), (4, 2), jnp.float64)
+
+        def f(w):
+            return jnp.sum(jax.vmap(_modulated, (None, 0))(w, s))
+
+        g, eps = jax.grad(f)(w), 1e-6
+        for i in range(3):
+            for j in range(2):
+                e = jnp.zeros_like(w).at[i, j].set(eps)
+                assert abs((f(w + e) - f(w - e)) / (2 * eps) - g[i, j]) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["low_rank", "scale_modulation"])
+def test_vmapped_gradient_sums_the_base_by_a_dot(name):
+    """The base W0 f[rows, cols] is shared by every cond: under vmap its cotangent must be summed over the
+    cond axis by a dot_general (the transpose of `common.shared`), never by a reduce_sum of f[B, rows, cols]
+    (which ran 1.6x the loop's time on the CPU, benchmarks/batched_grad.py)."""
+    from benchmarks import batched_grad as bg
+
+    n = 3                                            # sizes no other f[B, ...] array of the step has
+    spec = hj.testing.mlp_spec((16, 24, 40, 5))
+    gen = bg.GENERATORS[name](spec, n)
+    hp = gen.init(jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (n, 8, 16))
+
+    def loss(hp):
+        params = jax.vmap(gen.apply, (None, 0))(hp, jnp.arange(n))
+        return jnp.sum(jax.vmap(spec.apply)(params, x) ** 2)
+
+    base_shapes = {(n, *w.shape) for w in jax.tree.leaves(hp["base"])}
+    eqns = list(_eqns(jax.make_jaxpr(jax.grad(loss))(hp).jaxpr))
+    reduces = [e for e in eqns if e.primitive.name == "reduce_sum" and e.invars[0].aval.shape in base_shapes
+               and 0 in e.params["axes"]]
+    assert not reduces, f"{name}: the base's cotangent is summed by a reduce: {reduces[0]}"
+    loop = jax.grad(lambda hp: sum(jnp.sum(spec.apply(gen.apply(hp, i), x[i]) ** 2) for i in range(n)))(hp)
+    got = jax.grad(loss)(hp)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(loop)):
+        assert jnp.allclose(a, b, rtol=1e-4, atol=1e-4), jax.tree_util.keystr(path)

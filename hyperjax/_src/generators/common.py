@@ -66,6 +66,26 @@ def split_sizes(flat: Array, sizes: Sequence[int]) -> list[Array]:
     return jnp.split(flat, np.cumsum(sizes)[:-1 if sum(sizes) == flat.shape[0] else None].tolist())
 
 
+# ---------------------------------------------------------------- shared weights under vmap
+def shared(x: Array, like: Array) -> Array:
+    """x, unchanged, entering as a product with a 1 taken from `like`: for a weight shared across conds.
+
+    Under `jax.vmap` over conds an unbatched weight x that meets cond-dependent values (W0 + U diag(s) V^T,
+    W0 * a b^T) is broadcast, and the gradient sums the cotangent over the cond axis with a reduce. On the
+    CPU (jaxlib 0.10) that reduce of f[B, N] over B ran several times slower than the loop's B adds
+    (low_rank's vmapped gradient: 1.6x the loop). Here x enters as the outer product 1 * x with the 1 from
+    `like` (batched whenever the cond is), so the broadcast is a dot and the sum over conds its transpose, a
+    matrix-vector product (`benchmarks/batched_grad.py`). HIGHEST precision keeps x exact (no TF32 / bf16
+    passes on GPU / TPU); without vmap it is x * 1.
+
+    x: f[...]; like: any non-empty array, read only as like.ravel()[0] * 0 + 1 (no gradient flows to it).
+    Returns f[...] equal to x, bitwise.
+    """
+    one = (jax.lax.stop_gradient(like).reshape(-1)[:1] * 0 + 1).astype(x.dtype)
+    return jax.lax.dot_general(one, x.reshape(1, -1), (((0,), (0,)), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST).reshape(x.shape)
+
+
 # ---------------------------------------------------------------- MLP
 def mlp_init(key: PRNGKey, sizes: Sequence[int], dtype: Any, out_std: Any = None,
              out_mean: Any = 0.0) -> list[dict[str, Array]]:

@@ -334,6 +334,7 @@ def scale_modulation(target: TargetSpec, *, cond_dim: int | None = None, num_con
 
     def materialise(w0, extra, m, l):
         a, b = split(m, l)
+        w0 = common.shared(w0, m)
         w = w0 if a is None else w0 * a[:, None]
         return w if b is None else w * b[None, :]
 
