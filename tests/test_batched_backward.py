@@ -83,8 +83,8 @@ def test_shared_returns_x_bitwise(jit, dtype):
     y = f(x, jnp.array([0.3, -2.0]))
     assert y.dtype == dtype and y.shape == x.shape
     assert bool(jnp.all(y == x))
-    ys = jax.vmap(f, in_axes=(None, 0))(x, jnp.arange(6.0).reshape(3, 2))
-    assert ys.shape == (3, 5, 7) and bool(jnp.all(ys == x[None]))
+    ys = jax.vmap(f, in_axes=(None, 0))(x, jnp.array([[0.0, 1.0], [jnp.inf, 2.0], [jnp.nan, 3.0]]))
+    assert ys.shape == (3, 5, 7) and bool(jnp.all(ys == x[None])), "a non-finite `like` must not leak into x"
 
 
 def _modulated(w, s):
@@ -113,6 +113,22 @@ def test_shared_gradients_match_the_broadcast_and_the_loop():
     assert jnp.allclose(g_s, jax.grad(_plain, argnums=1)(w, s[0]), rtol=1e-6, atol=1e-6)
 
 
+def test_shared_forward_mode_and_second_order():
+    w = jax.random.normal(jax.random.key(5), (4, 6))
+    s = jax.random.normal(jax.random.key(6), (3, 2))
+    dw = jax.random.normal(jax.random.key(7), (4, 6))
+
+    def f(w, g):
+        return jnp.sum(jax.vmap(g, (None, 0))(w, s))
+
+    _, t = jax.jvp(lambda w: f(w, _modulated), (w,), (dw,))
+    _, t_want = jax.jvp(lambda w: f(w, _plain), (w,), (dw,))
+    assert jnp.allclose(t, t_want, rtol=1e-5, atol=1e-5)
+    hvp = jax.jvp(jax.grad(lambda w: f(w, _modulated)), (w,), (dw,))[1]
+    hvp_want = jax.jvp(jax.grad(lambda w: f(w, _plain)), (w,), (dw,))[1]
+    assert jnp.allclose(hvp, hvp_want, rtol=1e-5, atol=1e-5)
+
+
 def test_shared_gradient_matches_central_differences():
     with jax.enable_x64():
         w = jax.random.normal(jax.random.key(3), (3, 2), jnp.float64)
@@ -128,29 +144,31 @@ def test_shared_gradient_matches_central_differences():
                 assert abs((f(w + e) - f(w - e)) / (2 * eps) - g[i, j]) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["low_rank", "scale_modulation"])
-def test_vmapped_gradient_sums_the_base_by_a_dot(name):
-    """The base W0 f[rows, cols] is shared by every cond: under vmap its cotangent must be summed over the
-    cond axis by a dot_general (the transpose of `common.shared`), never by a reduce_sum of f[B, rows, cols]
-    (which ran 1.6x the loop's time on the CPU, benchmarks/batched_grad.py)."""
+@pytest.mark.parametrize("name", ["dense", "chunked", "per_layer", "low_rank", "scale_modulation", "rowwise",
+                                  "codebook"])
+def test_vmapped_gradient_sums_shared_hparams_by_a_dot(name):
+    """Every hparams leaf is shared by all conds: under vmap its cotangent must be summed over the cond axis
+    by a dot_general (the transpose of `common.shared` or of a matmul), never by a reduce_sum of
+    f[B, *leaf.shape] over B (low_rank's W0 that way ran at 1.6x the loop's time on the CPU, dense's head
+    bias at 1.3x; benchmarks/batched_grad.py). And the vmapped gradient equals the loop's."""
     from benchmarks import batched_grad as bg
 
     n = 3                                            # sizes no other f[B, ...] array of the step has
     spec = hj.testing.mlp_spec((16, 24, 40, 5))
     gen = bg.GENERATORS[name](spec, n)
     hp = gen.init(jax.random.key(1))
+    apply, conds = bg.apply_fn(name, gen), bg.conds_for(name, n)
     x = jax.random.normal(jax.random.key(2), (n, 8, 16))
 
     def loss(hp):
-        params = jax.vmap(gen.apply, (None, 0))(hp, jnp.arange(n))
-        return jnp.sum(jax.vmap(spec.apply)(params, x) ** 2)
+        return jnp.sum(jax.vmap(lambda c, xi: spec.apply(apply(hp, c), xi))(conds, x) ** 2)
 
-    base_shapes = {(n, *w.shape) for w in jax.tree.leaves(hp["base"])}
-    eqns = list(_eqns(jax.make_jaxpr(jax.grad(loss))(hp).jaxpr))
-    reduces = [e for e in eqns if e.primitive.name == "reduce_sum" and e.invars[0].aval.shape in base_shapes
-               and 0 in e.params["axes"]]
-    assert not reduces, f"{name}: the base's cotangent is summed by a reduce: {reduces[0]}"
-    loop = jax.grad(lambda hp: sum(jnp.sum(spec.apply(gen.apply(hp, i), x[i]) ** 2) for i in range(n)))(hp)
-    got = jax.grad(loss)(hp)
+    shapes = {(n, *w.shape): jax.tree_util.keystr(p)
+              for p, w in jax.tree_util.tree_leaves_with_path(hp) if w.size > 1}
+    reduces = [(shapes[e.invars[0].aval.shape], e) for e in _eqns(jax.make_jaxpr(jax.grad(loss))(hp).jaxpr)
+               if e.primitive.name == "reduce_sum" and e.params["axes"] == (0,) and e.invars[0].aval.shape in shapes]
+    assert not reduces, f"{name}: the cotangent of {reduces[0][0]} is summed over conds by a reduce: {reduces[0][1]}"
+    loop = jax.grad(lambda hp: sum(jnp.sum(spec.apply(apply(hp, conds[i]), x[i]) ** 2) for i in range(n)))(hp)
+    got = jax.jit(jax.grad(loss))(hp)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(loop)):
         assert jnp.allclose(a, b, rtol=1e-4, atol=1e-4), jax.tree_util.keystr(path)

@@ -141,7 +141,7 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
     def features(mlp, c, chunk_emb):
         """Last hidden features f[n_chunks, d_k] for cond vector c (centred over chunks if `center`)."""
         def one_chunk(emb):
-            x = jnp.concatenate([c, emb])
+            x = jnp.concatenate([c, common.shared(emb, c)])
             return activation(common.mlp_apply(mlp[:-1], x, activation)) if len(mlp) > 1 else x
         h = jax.vmap(one_chunk)(chunk_emb)
         return h - jnp.mean(h, axis=0, keepdims=True) if center else h
@@ -163,7 +163,7 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
         mlp = hparams["hyper"]["mlp"]
         h = features(mlp, c.astype(dtype), hparams["embedding"]["chunk_emb"])
         out = mlp[-1]
-        flat = _output_layer(h, out["w"], out["b"]).reshape(-1)
+        flat = _output_layer(h, common.shared(out["w"], h), common.shared(out["b"], h)).reshape(-1)
         if _under_mesh():
             return mesh_split(flat)
         return common.split_leaves(target, paths, flat, affine=affine)

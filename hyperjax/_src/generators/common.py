@@ -67,23 +67,37 @@ def split_sizes(flat: Array, sizes: Sequence[int]) -> list[Array]:
 
 
 # ---------------------------------------------------------------- shared weights under vmap
+def _one(like: Array, dtype: Any) -> Array:
+    """f[1] holding 1, computed from like's first element (so batched whenever like is); 1 even for inf / NaN."""
+    first = like.reshape(-1)[:1]
+    return (jnp.where(jnp.isfinite(first), first * 0, 0) + 1).astype(dtype)
+
+
+@jax.custom_jvp
 def shared(x: Array, like: Array) -> Array:
-    """x, unchanged, entering as a product with a 1 taken from `like`: for a weight shared across conds.
+    """x, a weight shared by every cond, whose tangent is the outer product 1 * dx with the 1 from `like`.
 
     Under `jax.vmap` over conds an unbatched weight x that meets cond-dependent values (W0 + U diag(s) V^T,
-    W0 * a b^T) is broadcast, and the gradient sums the cotangent over the cond axis with a reduce. On the
-    CPU (jaxlib 0.10) that reduce of f[B, N] over B ran several times slower than the loop's B adds
-    (low_rank's vmapped gradient: 1.6x the loop). Here x enters as the outer product 1 * x with the 1 from
-    `like` (batched whenever the cond is), so the broadcast is a dot and the sum over conds its transpose, a
-    matrix-vector product (`benchmarks/batched_grad.py`). HIGHEST precision keeps x exact (no TF32 / bf16
-    passes on GPU / TPU); without vmap it is x * 1.
+    W0 * a b^T, an MLP's bias) is broadcast, and the gradient sums its cotangent over the cond axis with a
+    reduce. On the CPU (jaxlib 0.10) that reduce of f[B, N] over B ran several times slower than the loop's
+    B adds (low_rank's vmapped gradient: 1.6x the loop). Here the value is x * 1 (a broadcast XLA fuses
+    into its consumer) and the tangent is dot_general(1, dx), with the 1 from `like` (batched whenever the
+    cond is), so the gradient's sum over conds is that dot's transpose, a matrix-vector product
+    (`benchmarks/batched_grad.py`). HIGHEST precision keeps it exact (no TF32 / bf16 passes on GPU / TPU).
 
-    x: f[...]; like: any non-empty array, read only as like.ravel()[0] * 0 + 1 (no gradient flows to it).
-    Returns f[...] equal to x, bitwise.
+    x: f[...]; like: any non-empty array (only its first element is read, for its batching; it gets no
+    gradient). Returns x, bitwise (batched like `like` under vmap).
     """
-    one = (jax.lax.stop_gradient(like).reshape(-1)[:1] * 0 + 1).astype(x.dtype)
-    return jax.lax.dot_general(one, x.reshape(1, -1), (((0,), (0,)), ((), ())),
-                               precision=jax.lax.Precision.HIGHEST).reshape(x.shape)
+    return x * _one(like, x.dtype).reshape(())
+
+
+@shared.defjvp
+def _shared_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) -> tuple[Array, Array]:
+    x, like = primals
+    dx, _ = tangents
+    one = _one(like, x.dtype)
+    dy = jax.lax.dot_general(one, dx.reshape(1, -1), (((0,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
+    return x * one.reshape(()), dy.reshape(x.shape)
 
 
 # ---------------------------------------------------------------- MLP
@@ -108,7 +122,7 @@ def mlp_init(key: PRNGKey, sizes: Sequence[int], dtype: Any, out_std: Any = None
 def mlp_apply(layers: list[dict[str, Array]], x: Array, activation: Callable[[Array], Array]) -> Array:
     """x: f[..., n_in] -> f[..., n_out]; `activation` between layers, none after the last."""
     for i, layer in enumerate(layers):
-        x = x @ layer["w"] + layer["b"]
+        x = x @ layer["w"] + shared(layer["b"], x)
         if i < len(layers) - 1:
             x = activation(x)
     return x

@@ -96,7 +96,8 @@ def _trunk(trunk: list[dict[str, Array]], c: Array | None, x: Array, e_dim: int,
     for i, layer in enumerate(trunk):
         w, b = layer["w"], layer["b"][None, :]
         if i == 0 and c is not None:      # [e_i, c] @ w without a D x (E + cond_dim) concatenation
-            x = x @ w[:e_dim] + (c.astype(dtype) @ w[e_dim:])[None, :] + b
+            cw = c.astype(dtype) @ w[e_dim:]                 # the cond's part; x @ w[:e_dim] is shared by every cond
+            x = common.shared(x @ w[:e_dim] + b, cw) + cw[None, :]
         else:
             x = x @ w + b
         x = activation(x)
