@@ -132,7 +132,8 @@ def _group_apply(g: dict[str, Array], z: Array, c: Array | None, members: list[_
     a = a + g["b_in"][None]
     if activation is not None:
         a = activation(a)
-    k = jnp.einsum("nid,dk->nik", a, g["w_out"]) + common.shared(g["b_out"], a)[None, None]  # stage 2: f[n, in_b, ff*out_b]
+    b_out = common.shared(g["b_out"], a)                                  # one bias for every cond (vmap)
+    k = jnp.einsum("nid,dk->nik", a, g["w_out"]) + b_out[None, None]      # stage 2: f[n, in_b, ff*out_b]
     out, start = {}, 0
     for m in members:
         leaf = m.assemble(k[start:start + m.n_blocks])
