@@ -147,8 +147,8 @@ def test_shared_gradient_matches_central_differences():
 @pytest.mark.parametrize("name", ["dense", "chunked", "per_layer", "low_rank", "scale_modulation", "rowwise",
                                   "codebook"])
 def test_vmapped_gradient_sums_shared_hparams_by_a_dot(name):
-    """Every hparams leaf is shared by all conds: under vmap its cotangent must be summed over the cond axis
-    by a dot_general (the transpose of `common.shared` or of a matmul), never by a reduce_sum of
+    """Every hparams leaf is shared by all conds: under vmap the cotangent of any leaf of 256 or more
+    elements (smaller sums cost little either way) must be summed over the cond axis by a dot_general (the transpose of `common.shared` or of a matmul), never by a reduce_sum of
     f[B, *leaf.shape] over B (low_rank's W0 that way ran at 1.6x the loop's time on the CPU, dense's head
     bias at 1.3x; benchmarks/batched_grad.py). And the vmapped gradient equals the loop's."""
     from benchmarks import batched_grad as bg
@@ -164,7 +164,7 @@ def test_vmapped_gradient_sums_shared_hparams_by_a_dot(name):
         return jnp.sum(jax.vmap(lambda c, xi: spec.apply(apply(hp, c), xi))(conds, x) ** 2)
 
     shapes = {(n, *w.shape): jax.tree_util.keystr(p)
-              for p, w in jax.tree_util.tree_leaves_with_path(hp) if w.size > 1}
+              for p, w in jax.tree_util.tree_leaves_with_path(hp) if w.size >= 256}
     reduces = [(shapes[e.invars[0].aval.shape], e) for e in _eqns(jax.make_jaxpr(jax.grad(loss))(hp).jaxpr)
                if e.primitive.name == "reduce_sum" and e.params["axes"] == (0,) and e.invars[0].aval.shape in shapes]
     assert not reduces, f"{name}: the cotangent of {reduces[0][0]} is summed over conds by a reduce: {reduces[0][1]}"

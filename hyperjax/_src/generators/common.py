@@ -68,9 +68,8 @@ def split_sizes(flat: Array, sizes: Sequence[int]) -> list[Array]:
 
 # ---------------------------------------------------------------- shared weights under vmap
 def _one(like: Array, dtype: Any) -> Array:
-    """f[1] holding 1, computed from like's first element (so batched whenever like is); 1 even for inf / NaN."""
-    first = like.reshape(-1)[:1]
-    return (jnp.where(jnp.isfinite(first), first * 0, 0) + 1).astype(dtype)
+    """f[1] holding 1: like's first element to the power 0 (so batched whenever like is; 1 for inf / NaN too)."""
+    return jax.lax.integer_pow(like.reshape(-1)[:1], 0).astype(dtype)
 
 
 @jax.custom_jvp

@@ -60,8 +60,7 @@ def low_rank(target: TargetSpec, *, rank: int, cond_dim: int | None = None, num_
         return {l.path: {"u": z[2 * i], "v": z[2 * i + 1]} for i, l in enumerate(leaves)}
 
     def materialise(w0, extra, s, l):
-        u, v = common.shared(extra["u"], s), common.shared(extra["v"], s)   # shared by every cond, like W0
-        return common.shared(w0, s) + (u * s[None, :]) @ v.T
+        return common.shared(w0, s) + (extra["u"] * s[None, :]) @ extra["v"].T
 
     def factors(w0, extra, s, l):
         if l.transposed:                          # stored (out, in) = W0 + U s V^T: x @ W^T = x W0^T + (x V) s U^T
