@@ -72,14 +72,11 @@ def test_vmapped_gradient_moves_at_most_1_5x_the_bytes_of_the_loop(name):
 
 
 # ---------------------------------------------------------------- a shared base: summed by a dot, not a reduce
-from hyperjax._src.generators import common  # noqa: E402
-
-
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_shared_returns_x_bitwise(jit, dtype):
     x = jax.random.normal(jax.random.key(0), (5, 7), dtype)
-    f = jax.jit(common.shared) if jit else common.shared
+    f = jax.jit(hj.generators.shared) if jit else hj.generators.shared
     y = f(x, jnp.array([0.3, -2.0]))
     assert y.dtype == dtype and y.shape == x.shape
     assert bool(jnp.all(y == x))
@@ -88,7 +85,7 @@ def test_shared_returns_x_bitwise(jit, dtype):
 
 
 def _modulated(w, s):
-    return jnp.sum(jnp.tanh(common.shared(w, s) * s[0] + s[1]))
+    return jnp.sum(jnp.tanh(hj.generators.shared(w, s) * s[0] + s[1]))
 
 
 def _plain(w, s):
@@ -148,7 +145,7 @@ def test_shared_gradient_matches_central_differences():
                                   "codebook"])
 def test_vmapped_gradient_sums_shared_hparams_by_a_dot(name):
     """Every hparams leaf is shared by all conds: under vmap the cotangent of any leaf of 256 or more
-    elements (smaller sums cost little either way) must be summed over the cond axis by a dot_general (the transpose of `common.shared` or of a matmul), never by a reduce_sum of
+    elements (smaller sums cost little either way) must be summed over the cond axis by a dot_general (the transpose of `hj.generators.shared` or of a matmul), never by a reduce_sum of
     f[B, *leaf.shape] over B (low_rank's W0 that way ran at 1.6x the loop's time on the CPU, dense's head
     bias at 1.3x; benchmarks/batched_grad.py). And the vmapped gradient equals the loop's."""
     from benchmarks import batched_grad as bg
@@ -172,3 +169,13 @@ def test_vmapped_gradient_sums_shared_hparams_by_a_dot(name):
     got = jax.jit(jax.grad(loss))(hp)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(loop)):
         assert jnp.allclose(a, b, rtol=1e-4, atol=1e-4), jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize("x,like,err,match", [
+    (jnp.ones(3), jnp.ones(0), ValueError, r"`like` must be a non-empty array .* got \(0,\)"),
+    (jnp.arange(3), jnp.ones(2), TypeError, "`x` must be a floating-point array .* got int32"),
+    ([1.0, 2.0], jnp.ones(2), TypeError, "`x` must be a floating-point array .* got list"),
+], ids=["empty-like", "int-x", "list-x"])
+def test_shared_names_bad_input(x, like, err, match):
+    with pytest.raises(err, match=match):
+        hj.generators.shared(x, like)

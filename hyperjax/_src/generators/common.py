@@ -67,9 +67,15 @@ def split_sizes(flat: Array, sizes: Sequence[int]) -> list[Array]:
 
 
 # ---------------------------------------------------------------- shared weights under vmap
-def _one(like: Array, dtype: Any) -> Array:
+def _one(x: Array, like: Array) -> Array:
     """f[1] holding 1: like's first element to the power 0 (so batched whenever like is; 1 for inf / NaN too)."""
-    return jax.lax.integer_pow(like.reshape(-1)[:1], 0).astype(dtype)
+    if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise TypeError(f"hyperjax.generators.shared: `x` must be a floating-point array (a weight), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}.")
+    if not hasattr(like, "shape") or math.prod(like.shape) == 0:
+        raise ValueError(f"hyperjax.generators.shared: `like` must be a non-empty array (its first element carries "
+                         f"the vmapped axis), got {getattr(like, 'shape', type(like).__name__)}.")
+    return jax.lax.integer_pow(jnp.reshape(like, -1)[:1], 0).astype(x.dtype)
 
 
 @jax.custom_jvp
@@ -87,14 +93,14 @@ def shared(x: Array, like: Array) -> Array:
     x: f[...]; like: any non-empty array (only its first element is read, for its batching; it gets no
     gradient). Returns x, bitwise (batched like `like` under vmap).
     """
-    return x * _one(like, x.dtype).reshape(())
+    return x * _one(x, like).reshape(())
 
 
 @shared.defjvp
 def _shared_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) -> tuple[Array, Array]:
     x, like = primals
     dx, _ = tangents
-    one = _one(like, x.dtype)
+    one = _one(x, like)
     dy = jax.lax.dot_general(one, dx.reshape(1, -1), (((0,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
     return x * one.reshape(()), dy.reshape(x.shape)
 
