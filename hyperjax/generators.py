@@ -9,7 +9,7 @@ leaves, the rest are ordinary params in hparams["direct"]; hparams are keyed by 
 from hyperjax._src.generators.chunked import chunked
 from hyperjax._src.generators.codebook import (codebook, codebook_entropy, codebook_export, codebook_usage,
                                                codebook_usage_kl)
-from hyperjax._src.generators.common import DEFAULT_HIDDEN, matrices, ROLES, shared
+from hyperjax._src.generators.common import DEFAULT_HIDDEN, matrices, ROLES, shared, SHARED_MIN_SIZE
 from hyperjax._src.generators.dense import dense
 from hyperjax._src.generators.factorised import factorised_apply
 from hyperjax._src.generators.lora import lora
@@ -27,4 +27,4 @@ ADAPTERS = ("lora",)   # generators of adapters on a (pretrained) base
 __all__ = ["ADAPTERS", "DEFAULT_HIDDEN", "FACTORIES", "LoRAFactors", "LowRankFactors", "Modulated", "ROLES", "ScaleFactors", "chunked",
            "codebook", "codebook_entropy", "codebook_export", "codebook_usage", "codebook_usage_kl", "dense",
            "factorised_apply", "from_module", "lora", "low_rank", "matrices", "modulated_matmul", "num_outputs", "partial", "per_layer",
-           "per_layer_param_count", "rowwise", "rowwise_param_count", "scale_modulation", "shared"]
+           "per_layer_param_count", "rowwise", "rowwise_param_count", "scale_modulation", "shared", "SHARED_MIN_SIZE"]

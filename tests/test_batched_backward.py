@@ -75,13 +75,13 @@ def test_vmapped_gradient_moves_at_most_1_5x_the_bytes_of_the_loop(name):
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_shared_returns_x_bitwise(jit, dtype):
-    x = jax.random.normal(jax.random.key(0), (5, 7), dtype)
+    x = jax.random.normal(jax.random.key(0), (32, 40), dtype)
     f = jax.jit(hj.generators.shared) if jit else hj.generators.shared
     y = f(x, jnp.array([0.3, -2.0]))
     assert y.dtype == dtype and y.shape == x.shape
     assert bool(jnp.all(y == x))
     ys = jax.vmap(f, in_axes=(None, 0))(x, jnp.array([[0.0, 1.0], [jnp.inf, 2.0], [jnp.nan, 3.0]]))
-    assert ys.shape == (3, 5, 7) and bool(jnp.all(ys == x[None])), "a non-finite `like` must not leak into x"
+    assert ys.shape == (3, 32, 40) and bool(jnp.all(ys == x[None])), "a non-finite `like` must not leak into x"
 
 
 def _modulated(w, s):
@@ -95,7 +95,7 @@ def _plain(w, s):
 def test_shared_gradients_match_the_broadcast_and_the_loop():
     """grad of vmap (summed over conds) and vmap of grad (one gradient per cond) both equal the plain
     broadcast's, and the sum equals a Python loop's."""
-    w = jax.random.normal(jax.random.key(1), (4, 6))
+    w = jax.random.normal(jax.random.key(1), (32, 48))
     s = jax.random.normal(jax.random.key(2), (5, 2))
     summed = jax.grad(lambda w: jnp.sum(jax.vmap(_modulated, (None, 0))(w, s)))(w)
     want = jax.grad(lambda w: jnp.sum(jax.vmap(_plain, (None, 0))(w, s)))(w)
@@ -103,7 +103,7 @@ def test_shared_gradients_match_the_broadcast_and_the_loop():
     assert jnp.allclose(summed, want, rtol=1e-6, atol=1e-6)
     assert jnp.allclose(summed, loop, rtol=1e-5, atol=1e-5)
     per_cond = jax.vmap(jax.grad(_modulated), (None, 0))(w, s)
-    assert per_cond.shape == (5, 4, 6)
+    assert per_cond.shape == (5, 32, 48)
     assert jnp.allclose(per_cond, jax.vmap(jax.grad(_plain), (None, 0))(w, s), rtol=1e-6, atol=1e-6)
     # the cond gets no gradient through the 1 (only through its own use)
     g_s = jax.grad(_modulated, argnums=1)(w, s[0])
@@ -111,9 +111,9 @@ def test_shared_gradients_match_the_broadcast_and_the_loop():
 
 
 def test_shared_forward_mode_and_second_order():
-    w = jax.random.normal(jax.random.key(5), (4, 6))
+    w = jax.random.normal(jax.random.key(5), (32, 48))
     s = jax.random.normal(jax.random.key(6), (3, 2))
-    dw = jax.random.normal(jax.random.key(7), (4, 6))
+    dw = jax.random.normal(jax.random.key(7), (32, 48))
 
     def f(w, g):
         return jnp.sum(jax.vmap(g, (None, 0))(w, s))
@@ -128,30 +128,29 @@ def test_shared_forward_mode_and_second_order():
 
 def test_shared_gradient_matches_central_differences():
     with jax.enable_x64():
-        w = jax.random.normal(jax.random.key(3), (3, 2), jnp.float64)
+        w = jax.random.normal(jax.random.key(3), (32, 32), jnp.float64)     # >= SHARED_MIN_SIZE elements
         s = jax.random.normal(jax.random.key(4), (4, 2), jnp.float64)
 
         def f(w):
             return jnp.sum(jax.vmap(_modulated, (None, 0))(w, s))
 
         g, eps = jax.grad(f)(w), 1e-6
-        for i in range(3):
-            for j in range(2):
-                e = jnp.zeros_like(w).at[i, j].set(eps)
-                assert abs((f(w + e) - f(w - e)) / (2 * eps) - g[i, j]) < 1e-6
+        for i, j in [(0, 0), (3, 17), (31, 31), (20, 5)]:
+            e = jnp.zeros_like(w).at[i, j].set(eps)
+            assert abs((f(w + e) - f(w - e)) / (2 * eps) - g[i, j]) < 1e-6
 
 
 @pytest.mark.parametrize("name", ["dense", "chunked", "per_layer", "low_rank", "scale_modulation", "rowwise",
                                   "codebook"])
 def test_vmapped_gradient_sums_shared_hparams_by_a_dot(name):
-    """Every hparams leaf is shared by all conds: under vmap the cotangent of any leaf of 256 or more
-    elements (smaller sums cost little either way) must be summed over the cond axis by a dot_general (the transpose of `hj.generators.shared` or of a matmul), never by a reduce_sum of
+    """Every hparams leaf is shared by all conds: under vmap the cotangent of any leaf of SHARED_MIN_SIZE
+    (1,024) or more elements (smaller sums cost little either way) must be summed over the cond axis by a dot_general (the transpose of `hj.generators.shared` or of a matmul), never by a reduce_sum of
     f[B, *leaf.shape] over B (low_rank's W0 that way ran at 1.6x the loop's time on the CPU, dense's head
     bias at 1.3x; benchmarks/batched_grad.py). And the vmapped gradient equals the loop's."""
     from benchmarks import batched_grad as bg
 
     n = 3                                            # sizes no other f[B, ...] array of the step has
-    spec = hj.testing.mlp_spec((16, 24, 40, 5))
+    spec = hj.testing.mlp_spec((16, 48, 40, 5))
     gen = bg.GENERATORS[name](spec, n)
     hp = gen.init(jax.random.key(1))
     apply, conds = bg.apply_fn(name, gen), bg.conds_for(name, n)
@@ -161,7 +160,7 @@ def test_vmapped_gradient_sums_shared_hparams_by_a_dot(name):
         return jnp.sum(jax.vmap(lambda c, xi: spec.apply(apply(hp, c), xi))(conds, x) ** 2)
 
     shapes = {(n, *w.shape): jax.tree_util.keystr(p)
-              for p, w in jax.tree_util.tree_leaves_with_path(hp) if w.size >= 256}
+              for p, w in jax.tree_util.tree_leaves_with_path(hp) if w.size >= hj.generators.SHARED_MIN_SIZE}
     reduces = [(shapes[e.invars[0].aval.shape], e) for e in _eqns(jax.make_jaxpr(jax.grad(loss))(hp).jaxpr)
                if e.primitive.name == "reduce_sum" and e.params["axes"] == (0,) and e.invars[0].aval.shape in shapes]
     assert not reduces, f"{name}: the cotangent of {reduces[0][0]} is summed over conds by a reduce: {reduces[0][1]}"

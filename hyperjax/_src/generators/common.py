@@ -67,20 +67,11 @@ def split_sizes(flat: Array, sizes: Sequence[int]) -> list[Array]:
 
 
 # ---------------------------------------------------------------- shared weights under vmap
-def _one(x: Array, like: Array) -> Array:
-    """f[1] holding 1: like's first element to the power 0 (so batched whenever like is; 1 for inf / NaN too)."""
-    if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
-        raise TypeError(f"hyperjax.generators.shared: `x` must be a floating-point array (a weight), got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}.")
-    if not hasattr(like, "shape") or math.prod(like.shape) == 0:
-        raise ValueError(f"hyperjax.generators.shared: `like` must be a non-empty array (its first element carries "
-                         f"the vmapped axis), got {getattr(like, 'shape', type(like).__name__)}.")
-    return jax.lax.integer_pow(jnp.reshape(like, -1)[:1], 0).astype(x.dtype)
+SHARED_MIN_SIZE = 1024   # smaller weights are returned as they are: their reduce is cheap, the extra ops cost compile
 
 
-@jax.custom_jvp
 def shared(x: Array, like: Array) -> Array:
-    """x, a weight shared by every cond, whose tangent is the outer product 1 * dx with the 1 from `like`.
+    """x, a weight shared by every cond, whose gradient under `jax.vmap` over conds is summed by a dot.
 
     Under `jax.vmap` over conds an unbatched weight x that meets cond-dependent values (W0 + U diag(s) V^T,
     W0 * a b^T, an MLP's bias) is broadcast, and the gradient sums its cotangent over the cond axis with a
@@ -89,14 +80,35 @@ def shared(x: Array, like: Array) -> Array:
     into its consumer) and the tangent is dot_general(1, dx), with the 1 from `like` (batched whenever the
     cond is), so the gradient's sum over conds is that dot's transpose, a matrix-vector product
     (`benchmarks/batched_grad.py`). HIGHEST precision keeps it exact (no TF32 / bf16 passes on GPU / TPU).
+    Weights of fewer than `SHARED_MIN_SIZE` (1,024) elements are returned as they are.
 
     x: f[...]; like: any non-empty array (only its first element is read, for its batching; it gets no
     gradient). Returns x, bitwise (batched like `like` under vmap).
+
+    Raises:
+      TypeError: x is not a floating-point array.
+      ValueError: like is not a non-empty array.
     """
+    if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise TypeError(f"hyperjax.generators.shared: `x` must be a floating-point array (a weight), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}.")
+    if not hasattr(like, "shape") or math.prod(like.shape) == 0:
+        raise ValueError(f"hyperjax.generators.shared: `like` must be a non-empty array (its first element carries "
+                         f"the vmapped axis), got {getattr(like, 'shape', type(like).__name__)}.")
+    return x if math.prod(x.shape) < SHARED_MIN_SIZE else _shared(x, like)
+
+
+def _one(x: Array, like: Array) -> Array:
+    """f[1] holding 1: like's first element to the power 0 (so batched whenever like is; 1 for inf / NaN too)."""
+    return jax.lax.integer_pow(jnp.reshape(like, -1)[:1], 0).astype(x.dtype)
+
+
+@jax.custom_jvp
+def _shared(x: Array, like: Array) -> Array:
     return x * _one(x, like).reshape(())
 
 
-@shared.defjvp
+@_shared.defjvp
 def _shared_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) -> tuple[Array, Array]:
     x, like = primals
     dx, _ = tangents

@@ -132,8 +132,8 @@ def _group_apply(g: dict[str, Array], z: Array, c: Array | None, members: list[_
     a = a + g["b_in"][None]
     if activation is not None:
         a = activation(a)
-    b_out = common.shared(g["b_out"], a)                                  # one bias for every cond (vmap)
-    k = jnp.einsum("nid,dk->nik", a, g["w_out"]) + b_out[None, None]      # stage 2: f[n, in_b, ff*out_b]
+    b_out = common.shared(jnp.broadcast_to(g["b_out"], a.shape[1:2] + g["b_out"].shape), a)   # every cond's
+    k = jnp.einsum("nid,dk->nik", a, g["w_out"]) + b_out[None]            # stage 2: f[n, in_b, ff*out_b]
     out, start = {}, 0
     for m in members:
         leaf = m.assemble(k[start:start + m.n_blocks])
