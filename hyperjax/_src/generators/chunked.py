@@ -141,7 +141,7 @@ def chunked(target: TargetSpec, *, chunk_size: int, cond_dim: int | None = None,
     def features(mlp, c, chunk_emb):
         """Last hidden features f[n_chunks, d_k] for cond vector c (centred over chunks if `center`)."""
         def one_chunk(emb):
-            x = jnp.concatenate([c, common.shared(emb, c)])
+            x = jnp.concatenate([c, emb])
             return activation(common.mlp_apply(mlp[:-1], x, activation)) if len(mlp) > 1 else x
         h = jax.vmap(one_chunk)(chunk_emb)
         return h - jnp.mean(h, axis=0, keepdims=True) if center else h
