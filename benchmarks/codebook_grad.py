@@ -7,7 +7,7 @@ Both compute w = softmax(A / tau) @ v for every kernel slot of the quickstart ML
 A: f[slots, K]) and the gradient of sum(w * g) w.r.t. (A, v), for one temperature, 8 temperatures in a Python
 loop and 8 vmapped. `textbook`: `jax.nn.softmax(A / t) @ v` written by hand; `hyperjax`:
 `hj.generators.codebook(spec, num_values=K).apply(hp, tau=t)` (its sums over K are matrix-vector products
-and 1/t enters through an einsum). Timed by `batched_grad.measure` (jitted, warmed up, interleaved rounds,
+and the logits enter through `hj.generators.shared`). Timed by `batched_grad.measure` (jitted, warmed up, interleaved rounds,
 medians, XLA bytes); side by side in one run.
 Writes benchmarks/results/codebook_grad.json (`cases.<textbook|hyperjax>.{one_ms, loop_ms, vmap_ms}`,
 `speedup.<one|loop|vmap>` = textbook / hyperjax) and the values' largest difference.
